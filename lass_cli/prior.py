@@ -1,0 +1,419 @@
+"""Jukebox-compatible autoregressive prior over one VQ-VAE level, with an incremental KV cache.
+
+Mirrors what LASS builds from Jukebox (``SimplePrior`` wrapping ``ConditionalAutoregressive2D``,
+hparam set ``small_prior``, no labels, top level): a learned start token, absolute position
+embeddings, pre-LayerNorm blocks with factored attention (attn_order 2: row, column and
+previous-row layers in turn) and an output projection tied to the token embedding.
+
+Positions are laid out as ``blocks`` rows of ``block_ctx = n_ctx // blocks`` columns:
+- row layers attend causally within the query's own row (block);
+- column layers attend to the same column in every row up to the query's own, itself included;
+- previous-row layers attend to the whole previous row (all zeros in row 0, so the layer adds only
+  its output bias there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, load_strict, read_checkpoint, write_safetensors
+
+ROW, COLUMN, PREVIOUS_ROW = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Hyper-parameters under their upstream Jukebox names; defaults are LASS's ``small_prior``.
+
+    Args:
+        n_ctx: positions of the position table (LASS forces 8192).
+        prior_width, prior_depth: residual stream width and number of blocks.
+        heads: attention heads; each gets ``m_attn * width / heads`` channels.
+        attn_order: only 2 (factored row / column / previous-row attention) is supported.
+        blocks: rows of the factored layout; ``n_ctx // blocks`` positions per row.
+        m_attn, m_mlp: attention and MLP widths relative to ``prior_width``.
+        res_scale: scale each block's update by ``1 / prior_depth`` (off in ``small_prior``).
+        l_bins: vocabulary size K, the codebook size of the VQ-VAE below.
+        level: the VQ-VAE level the prior models (the top, 2, in LASS).
+    """
+
+    n_ctx: int = 8192
+    prior_width: int = 1024
+    prior_depth: int = 48
+    heads: int = 1
+    attn_order: int = 2
+    blocks: int = 64
+    m_attn: float = 0.25
+    m_mlp: float = 1.0
+    res_scale: bool = False
+    l_bins: int = 2048
+    level: int = 2
+
+    def __post_init__(self) -> None:
+        if self.attn_order != 2:
+            raise ValueError(
+                f"attn_order {self.attn_order} is not supported: only attn_order 2 (factored "
+                "row/column/previous-row attention, as the LASS priors use) is implemented"
+            )
+        if not self.blocks or self.n_ctx % self.blocks:
+            raise ValueError(f"n_ctx {self.n_ctx} is not a multiple of blocks {self.blocks}")
+        if self.n_state % self.heads:
+            raise ValueError(f"attention width {self.n_state} is not divisible by {self.heads} heads")
+
+    @classmethod
+    def from_hps(cls, hps: dict[str, Any]) -> PriorConfig:
+        """Build from an upstream hyper-parameter dict (prior and VQ-VAE sets merged, as Jukebox
+        saves them); unrelated keys are ignored. A ``pos_init`` prior has another position table
+        and is rejected."""
+        if hps.get("pos_init"):
+            raise ValueError("pos_init priors (factored position embeddings) are not supported")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in hps.items() if k in names and v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def bins(self) -> int:
+        return self.l_bins
+
+    @property
+    def block_ctx(self) -> int:
+        return self.n_ctx // self.blocks
+
+    @property
+    def n_state(self) -> int:
+        return int(self.m_attn * self.prior_width)
+
+    def layer_kind(self, layer: int) -> int:
+        return (ROW, COLUMN, PREVIOUS_ROW)[layer % 3]
+
+
+class Conv1D(nn.Module):
+    """Jukebox's projection ``x @ w + b`` with ``w`` stored (n_in, n_out), the transpose of Linear."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(n_in, n_out))
+        self.b = nn.Parameter(torch.zeros(n_out))
+        nn.init.normal_(self.w, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # addmm adds the bias inside the product (one rounding), as the reference does in fp16.
+        out = torch.addmm(self.b, x.reshape(-1, x.shape[-1]), self.w)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+class _LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype (eps 1e-5)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+class _MLP(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.c_fc = Conv1D(width, hidden)
+        self.c_proj = Conv1D(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(_quick_gelu(self.c_fc(x)))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Softmax attention over the last two dims: (..., Lq, d) x (..., Lk, d) -> (..., Lq, d).
+
+    Scores are ``(q @ k^T) / sqrt(d)`` in the working dtype, the softmax runs in float32, as in
+    Jukebox. ``causal`` lets query i see keys ``<= i + (Lk - Lq)``.
+    """
+    scale = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
+    w = torch.matmul(q, k.transpose(-1, -2)) * (scale * scale)
+    w = w.float()
+    if causal:
+        lq, lk = q.shape[-2], k.shape[-2]
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=w.device).tril(lk - lq)
+        w = w.masked_fill(~mask, -1e9)
+    return torch.matmul(torch.softmax(w, dim=-1).to(v.dtype), v)
+
+
+class _FactoredAttention(nn.Module):
+    def __init__(self, config: PriorConfig, kind: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.heads = config.heads
+        self.block_ctx = config.block_ctx
+        self.c_attn = Conv1D(config.prior_width, 3 * config.n_state)
+        self.c_proj = Conv1D(config.n_state, config.prior_width)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., L, n_state) -> (..., heads, L, head_dim); heads are contiguous channel blocks."""
+        *lead, length, width = x.shape
+        return x.view(*lead, length, self.heads, width // self.heads).transpose(-2, -3)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        *lead, heads, length, dim = x.shape
+        return x.transpose(-2, -3).reshape(*lead, length, heads * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced pass; x is (batch, L, width) with L a multiple of block_ctx."""
+        q, k, v = self.c_attn(x).chunk(3, dim=-1)
+        batch, length, width = q.shape
+        rows, cols = length // self.block_ctx, self.block_ctx
+        q, k, v = (t.view(batch, rows, cols, width) for t in (q, k, v))
+        if self.kind == ROW:
+            out = self._merge(attend(self._split(q), self._split(k), self._split(v), causal=True))
+        elif self.kind == COLUMN:
+            q, k, v = (self._split(t.transpose(1, 2)) for t in (q, k, v))
+            out = self._merge(attend(q, k, v, causal=True)).transpose(1, 2)
+        else:
+            k, v = (F.pad(t[:, :-1], (0, 0, 0, 0, 1, 0)) for t in (k, v))
+            out = self._merge(attend(self._split(q), self._split(k), self._split(v), causal=False))
+        return self.c_proj(out.reshape(batch, length, width))
+
+    def step(self, x: torch.Tensor, cache: PriorCache, layer: int) -> torch.Tensor:
+        """One position for every cached row: x is (rows, width)."""
+        q, k, v = self.c_attn(x).chunk(3, dim=-1)
+        keys, values = cache.store(layer, k, v)
+        if keys is None:  # previous-row layer in row 0: attention to zeros is exactly zero
+            out = torch.zeros_like(q)
+        else:
+            out = self._merge(attend(self._split(q[:, None]), self._split(keys), self._split(values), causal=False))
+            out = out[:, 0]
+        return self.c_proj(out)
+
+
+class _ResAttnBlock(nn.Module):
+    def __init__(self, config: PriorConfig, layer: int) -> None:
+        super().__init__()
+        width = config.prior_width
+        # Definition order fixes the state_dict order, which follows the original.
+        self.attn = _FactoredAttention(config, config.layer_kind(layer))
+        self.ln_0 = _LayerNorm(width, eps=1e-5)
+        self.mlp = _MLP(width, int(config.m_mlp * width))
+        self.ln_1 = _LayerNorm(width, eps=1e-5)
+        self.res_scale = 1.0 / config.prior_depth if config.res_scale else 1.0
+
+    def _residual(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        m = self.mlp(self.ln_1(x + a))
+        return x + a + m if self.res_scale == 1.0 else x + self.res_scale * (a + m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._residual(x, self.attn(self.ln_0(x)))
+
+    def step(self, x: torch.Tensor, cache: PriorCache, layer: int) -> torch.Tensor:
+        return self._residual(x, self.attn.step(self.ln_0(x), cache, layer))
+
+
+class _Transformer(nn.Module):
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self._attn_mods = nn.ModuleList(_ResAttnBlock(config, d) for d in range(config.prior_depth))
+
+
+class _PositionEmbedding(nn.Module):
+    def __init__(self, n_ctx: int, width: int) -> None:
+        super().__init__()
+        self.pos_emb = nn.Parameter(torch.zeros(n_ctx, width))
+
+
+class _Autoregressive(nn.Module):
+    """Stand-in for Jukebox's ``ConditionalAutoregressive2D`` without conditioning."""
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        width = config.prior_width
+        self.start_token = nn.Parameter(torch.zeros(1, width))
+        self.x_emb = nn.Embedding(config.bins, width)
+        self.pos_emb = _PositionEmbedding(config.n_ctx, width)
+        self.transformer = _Transformer(config)
+        self.x_out = nn.Linear(width, config.bins, bias=False)
+        self.x_out.weight = self.x_emb.weight
+
+
+class PriorCache:
+    """Keys and values one prior needs for ``rows`` sequences, for positions ``0 .. max_len - 1``.
+
+    Only what factored attention reads is kept: row layers hold the current row, previous-row
+    layers the current and previous rows (a ring of two), column layers every row so far. Each kind
+    is one tensor ``(capacity, layers, 2, ...)`` so that a beam reorder is three ``index_select``
+    calls into a second, preallocated set of buffers that then swaps in.
+    """
+
+    def __init__(
+        self, config: PriorConfig, rows: int, capacity: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        if max_len > config.n_ctx:
+            raise ValueError(f"max_len {max_len} exceeds the prior's context of {config.n_ctx}")
+        if not 0 < rows <= capacity:
+            raise ValueError(f"rows {rows} must be between 1 and capacity {capacity}")
+        self.rows, self.capacity, self.max_len, self.t = rows, capacity, max_len, 0
+        self.block_ctx = config.block_ctx
+        kinds = [config.layer_kind(d) for d in range(config.prior_depth)]
+        self._slot = [kinds[:d].count(kind) for d, kind in enumerate(kinds)]
+        self._kind = kinds
+        row_count = -(-max_len // self.block_ctx)
+        lengths = {ROW: (self.block_ctx,), COLUMN: (row_count, self.block_ctx), PREVIOUS_ROW: (2, self.block_ctx)}
+        shapes = {kind: (capacity, kinds.count(kind), 2, *lengths[kind], config.n_state) for kind in lengths}
+        self._buffers = {kind: torch.zeros(shape, device=device, dtype=dtype) for kind, shape in shapes.items()}
+        self._spare = {kind: torch.empty_like(buf) for kind, buf in self._buffers.items()}
+
+    def nbytes(self) -> int:
+        return 2 * sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def store(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """Write position ``t``'s key and value of a layer; return what its query attends to."""
+        kind, slot = self._kind[layer], self._slot[layer]
+        row, col = divmod(self.t, self.block_ctx)
+        buf = self._buffers[kind][: self.rows, slot]
+        if kind == ROW:
+            buf[:, :, col] = torch.stack((k, v), 1)
+            return buf[:, 0, : col + 1], buf[:, 1, : col + 1]
+        if kind == COLUMN:
+            buf[:, :, row, col] = torch.stack((k, v), 1)
+            return buf[:, 0, : row + 1, col], buf[:, 1, : row + 1, col]
+        buf[:, :, row % 2, col] = torch.stack((k, v), 1)
+        if row == 0:
+            return None, None
+        return buf[:, 0, (row - 1) % 2], buf[:, 1, (row - 1) % 2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make row i a copy of old row ``index[i]``; rows may repeat or vanish, the count change."""
+        index = index.to(device=next(iter(self._buffers.values())).device, dtype=torch.long)
+        if index.dim() != 1 or not 0 < len(index) <= self.capacity:
+            raise ValueError(f"reorder index must be 1-D with 1..{self.capacity} entries")
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.rows):
+            raise IndexError(f"reorder index out of range for {self.rows} rows")
+        for kind, buf in self._buffers.items():
+            spare = self._spare[kind]
+            torch.index_select(buf[: self.rows], 0, index, out=spare[: len(index)])
+            self._buffers[kind], self._spare[kind] = spare, buf
+        self.rows = len(index)
+
+
+class Prior(nn.Module):
+    """Stand-in for Jukebox's ``SimplePrior``: its one submodule ``prior`` gives the original keys.
+
+    ``forward(tokens)`` is the teacher-forced pass; ``new_cache`` and ``step`` the incremental one.
+    Conv1D projections run in ``compute_dtype`` (float32 on CPU, float16 or bfloat16 on CUDA);
+    embeddings, LayerNorms, softmax and the output projection stay float32, as in Jukebox's fp16 mode.
+    """
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.prior = _Autoregressive(config)
+        self.eval()
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.prior.transformer._attn_mods[0].attn.c_attn.w.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.prior.x_emb.weight.device
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> Prior:
+        """Cast the projections (the bulk of the weights) to ``dtype``; the rest stays float32."""
+        for module in self.modules():
+            if isinstance(module, Conv1D):
+                module.to(dtype)
+        return self
+
+    def _blocks(self) -> nn.ModuleList:
+        return self.prior.transformer._attn_mods
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prior.x_out(x.float())
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits: (batch, S) long -> (batch, S, K) float32; row s scores token s
+        given tokens < s (row 0 sees only the start token). S may be anything up to n_ctx."""
+        batch, length = tokens.shape
+        if not 0 < length <= self.config.n_ctx:
+            raise ValueError(f"sequence length {length} must be in 1..{self.config.n_ctx}")
+        ar = self.prior
+        x = ar.x_emb(tokens.to(self.device))
+        x = torch.cat((ar.start_token.expand(batch, 1, -1), x[:, :-1]), dim=1)
+        x = x + ar.pos_emb.pos_emb[:length]
+        padded = -(-length // self.config.block_ctx) * self.config.block_ctx
+        x = F.pad(x, (0, 0, 0, padded - length)).to(self.compute_dtype)
+        for block in self._blocks():
+            x = block(x)
+        return self._output(x[:, :length])
+
+    def new_cache(self, rows: int, max_len: int | None = None, capacity: int | None = None) -> PriorCache:
+        """An empty cache for ``rows`` sequences (up to ``capacity`` after reorders) of up to
+        ``max_len`` tokens (default n_ctx)."""
+        return PriorCache(
+            self.config, rows, capacity or rows, max_len or self.config.n_ctx, self.device, self.compute_dtype
+        )
+
+    @torch.inference_mode()
+    def step(self, cache: PriorCache, previous: torch.Tensor | None) -> torch.Tensor:
+        """Logits (rows, K) float32 of the token at position ``cache.t``, then advance the cache.
+
+        ``previous`` (rows,) holds each row's token at ``t - 1``; at ``t = 0`` it is ignored and the
+        start token is used.
+        """
+        if cache.t >= cache.max_len:
+            raise IndexError(f"cache is full at {cache.max_len} positions")
+        ar = self.prior
+        if cache.t == 0:
+            x = ar.start_token.expand(cache.rows, -1)
+        else:
+            if previous is None or previous.shape != (cache.rows,):
+                raise ValueError(f"previous tokens must have shape ({cache.rows},)")
+            x = ar.x_emb(previous.to(self.device))
+        x = (x + ar.pos_emb.pos_emb[cache.t]).to(self.compute_dtype)
+        for layer, block in enumerate(self._blocks()):
+            x = block.step(x, cache, layer)
+        cache.t += 1
+        return self._output(x)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        config: PriorConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> Prior:
+        """Load an original prior checkpoint (keys ``prior.*``), a plain state_dict or safetensors.
+
+        The config comes from the argument or the file's saved hyper-parameters.
+        """
+        state, hps = read_checkpoint(path)
+        if config is None:
+            if not hps:
+                raise CheckpointError(f"{path} carries no hyper-parameters: pass a PriorConfig")
+            config = PriorConfig.from_hps(hps)
+        state = dict(state)
+        if "prior.x_out.weight" not in state and "prior.x_emb.weight" in state:
+            state["prior.x_out.weight"] = state["prior.x_emb.weight"]  # tied; saved once
+        model = cls(config)
+        load_strict(model, state, path)
+        model.prior.x_out.weight = model.prior.x_emb.weight
+        return model.to(device).set_compute_dtype(dtype)
+
+    def save(self, path: str | Path) -> None:
+        """Write weights and config as safetensors (readable by ``from_checkpoint``)."""
+        write_safetensors(path, self.state_dict(), self.config.to_dict(), kind="prior")
+
+
+__all__ = ["Prior", "PriorCache", "PriorConfig", "attend"]

@@ -1,0 +1,331 @@
+"""Jukebox-compatible VQ-VAE: loads the original checkpoints key for key and encodes/decodes audio.
+
+Each level has its own full encoder and decoder (level l downsamples the waveform by itself);
+LASS uses only the top level (hop 128 at 44.1 kHz, K = 2048 for the Jukebox 5B VQ-VAE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_strict, read_checkpoint, write_safetensors
+
+# Rows of the (rows x K) distance matrix computed at once when quantising.
+_QUANTISE_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Hyper-parameters under their upstream Jukebox names; defaults are the Jukebox 5B VQ-VAE.
+
+    Args:
+        levels: number of levels; level 0 is the finest, ``levels - 1`` the top.
+        downs_t: per level, how many strided convolutions its stage has.
+        strides_t: per level, the stride of those convolutions (kernel ``2 * stride``).
+        emb_width: width of the latent vectors and codebook entries.
+        l_bins: codebook size K of every level.
+        width, depth: channels and residual blocks of each stage, before the multipliers.
+        m_conv: hidden channels of a residual block relative to ``width``.
+        dilation_growth_rate, dilation_cycle: residual block d has dilation
+            ``growth ** (d % cycle)`` (no cycle: ``growth ** d``).
+        hvqvae_multipliers: per level, scales both width and depth of that level's coder.
+        vqvae_reverse_decoder_dilation: decoders run the dilations largest first.
+        sr: sample rate the model was trained at (no effect on the computation).
+    """
+
+    levels: int = 3
+    downs_t: tuple[int, ...] = (3, 2, 2)
+    strides_t: tuple[int, ...] = (2, 2, 2)
+    emb_width: int = 64
+    l_bins: int = 2048
+    width: int = 32
+    depth: int = 4
+    m_conv: float = 1.0
+    dilation_growth_rate: int = 3
+    dilation_cycle: int | None = None
+    hvqvae_multipliers: tuple[int, ...] = (2, 1, 1)
+    vqvae_reverse_decoder_dilation: bool = True
+    sr: int = 44100
+
+    def __post_init__(self) -> None:
+        for name in ("downs_t", "strides_t", "hvqvae_multipliers"):
+            value = tuple(int(v) for v in getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != self.levels:
+                raise ValueError(f"{name} has {len(value)} entries for {self.levels} levels")
+        if any(s < 2 or s % 2 for s in self.strides_t):
+            raise ValueError(f"strides_t must be even numbers, got {self.strides_t}")
+
+    @classmethod
+    def from_hps(cls, hps: dict[str, Any]) -> VQVAEConfig:
+        """Build from an upstream hyper-parameter dict; keys that are not VQ-VAE settings are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in hps.items() if k in names})
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> VQVAEConfig:
+        """Read the hyper-parameters off the tensor shapes of a state_dict.
+
+        Dilations leave no trace in the weights: ``dilation_growth_rate`` keeps Jukebox's 3 and
+        ``dilation_cycle`` None. Pass a config explicitly for models trained otherwise.
+        """
+        try:
+            levels = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"encoders\.(\d+)\.", k)))
+            l_bins, emb_width = state["bottleneck.level_blocks.0.k"].shape
+            top = f"encoders.{levels - 1}.level_blocks"
+            downs, strides = [], []
+            for i in range(levels):
+                n = sum(1 for k in state if re.fullmatch(rf"{top}\.{i}\.model\.\d+\.0\.weight", k))
+                downs.append(n)
+                strides.append(state[f"{top}.{i}.model.0.0.weight"].shape[-1] // 2)
+            widths, depths = [], []
+            for level in range(levels):
+                stack = f"encoders.{level}.level_blocks.0.model.0.1.model"
+                widths.append(state[f"encoders.{level}.level_blocks.0.model.0.0.weight"].shape[0])
+                depths.append(sum(1 for k in state if re.fullmatch(rf"{stack}\.\d+\.model\.1\.weight", k)))
+            hidden = state["encoders.0.level_blocks.0.model.0.1.model.0.model.1.weight"].shape[0]
+        except (KeyError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"state_dict is not a Jukebox VQ-VAE (missing {exc})") from None
+        width = min(widths)
+        multipliers = [w // width for w in widths]
+        depth = depths[widths.index(width)]
+        if any(m * width != w or m * depth != d for m, w, d in zip(multipliers, widths, depths, strict=False)):
+            raise CheckpointError(
+                f"cannot derive width/depth multipliers from widths {widths} and depths {depths}; pass a VQVAEConfig"
+            )
+        return cls(
+            levels=levels,
+            downs_t=tuple(downs),
+            strides_t=tuple(strides),
+            emb_width=int(emb_width),
+            l_bins=int(l_bins),
+            width=width,
+            depth=depth,
+            m_conv=hidden / widths[0],
+            hvqvae_multipliers=tuple(multipliers),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def hop_lengths(self) -> tuple[int, ...]:
+        """Samples per token at each level (8, 32, 128 for Jukebox)."""
+        hops, hop = [], 1
+        for down, stride in zip(self.downs_t, self.strides_t, strict=False):
+            hop *= stride**down
+            hops.append(hop)
+        return tuple(hops)
+
+
+class _ResidualBlock(nn.Module):
+    """``x + conv1x1(relu(conv3_dilated(relu(x))))``; keys ``model.1`` and ``model.3``."""
+
+    def __init__(self, width: int, hidden: int, dilation: int) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv1d(width, hidden, 3, 1, padding=dilation, dilation=dilation),
+            nn.ReLU(),
+            nn.Conv1d(hidden, width, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.model(x)
+
+
+class _ResidualStack(nn.Module):
+    def __init__(self, width: int, depth: int, config: VQVAEConfig, reverse: bool) -> None:
+        super().__init__()
+        growth, cycle = config.dilation_growth_rate, config.dilation_cycle
+        dilations = [growth ** (d % cycle if cycle else d) for d in range(depth)]
+        if reverse:
+            dilations.reverse()
+        hidden = int(config.m_conv * width)
+        self.model = nn.Sequential(*(_ResidualBlock(width, hidden, d) for d in dilations))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _level_size(config: VQVAEConfig, level: int) -> tuple[int, int]:
+    multiplier = config.hvqvae_multipliers[level]
+    return config.width * multiplier, config.depth * multiplier
+
+
+class _EncoderStage(nn.Module):
+    """Strided conv + residual stack, ``downs_t[i]`` times, then a conv to ``emb_width``."""
+
+    def __init__(self, config: VQVAEConfig, level: int, stage: int) -> None:
+        super().__init__()
+        width, depth = _level_size(config, level)
+        stride, emb = config.strides_t[stage], config.emb_width
+        layers: list[nn.Module] = []
+        for j in range(config.downs_t[stage]):
+            channels_in = (1 if stage == 0 else emb) if j == 0 else width
+            down = nn.Conv1d(channels_in, width, 2 * stride, stride, stride // 2)
+            layers.append(nn.Sequential(down, _ResidualStack(width, depth, config, reverse=False)))
+        layers.append(nn.Conv1d(width, emb, 3, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, config: VQVAEConfig, level: int) -> None:
+        super().__init__()
+        self.level_blocks = nn.ModuleList(_EncoderStage(config, level, i) for i in range(level + 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.level_blocks:
+            x = stage(x)
+        return x
+
+
+class _DecoderStage(nn.Module):
+    """A conv from ``emb_width``, then residual stack + transposed conv, ``downs_t[i]`` times."""
+
+    def __init__(self, config: VQVAEConfig, level: int, stage: int) -> None:
+        super().__init__()
+        width, depth = _level_size(config, level)
+        stride, emb, downs = config.strides_t[stage], config.emb_width, config.downs_t[stage]
+        reverse = config.vqvae_reverse_decoder_dilation
+        layers: list[nn.Module] = [nn.Conv1d(emb, width, 3, 1, 1)]
+        for j in range(downs):
+            channels_out = emb if j == downs - 1 else width
+            up = nn.ConvTranspose1d(width, channels_out, 2 * stride, stride, stride // 2)
+            layers.append(nn.Sequential(_ResidualStack(width, depth, config, reverse), up))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, config: VQVAEConfig, level: int) -> None:
+        super().__init__()
+        self.level_blocks = nn.ModuleList(_DecoderStage(config, level, i) for i in range(level + 1))
+        self.out = nn.Conv1d(config.emb_width, 1, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in reversed(self.level_blocks):
+            x = stage(x)
+        return self.out(x)
+
+
+class _Codebook(nn.Module):
+    def __init__(self, bins: int, width: int) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.zeros(bins, width))
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        self.level_blocks = nn.ModuleList(_Codebook(config.l_bins, config.emb_width) for _ in range(config.levels))
+
+
+def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row for each latent row: (N, E), (K, E) -> (N,).
+
+    Uses the reference's ``|x|^2 - 2 x.k + |k|^2`` and its first-index tie rule.
+    """
+    k_sq = codebook.pow(2).sum(1)
+    codes = [
+        (rows.pow(2).sum(1, keepdim=True) - 2 * rows @ codebook.T + k_sq).argmin(1)
+        for rows in latents.split(_QUANTISE_CHUNK)
+    ]
+    return torch.cat(codes) if codes else latents.new_zeros(0, dtype=torch.long)
+
+
+class VQVAE(nn.Module):
+    """Jukebox VQ-VAE with the original module tree, so its state_dict keys match the original.
+
+    Audio is float (batch, samples), mono, not normalised. A level's tokens cover
+    ``samples // hop`` whole hops; a partial hop at the end is dropped, as in the original.
+    """
+
+    def __init__(self, config: VQVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleList(_Encoder(config, lvl) for lvl in range(config.levels))
+        self.decoders = nn.ModuleList(_Decoder(config, lvl) for lvl in range(config.levels))
+        self.bottleneck = _Bottleneck(config)
+        self.eval()
+
+    def _level(self, level: int) -> int:
+        levels = self.config.levels
+        if not -levels <= level < levels:
+            raise ValueError(f"level {level} out of range for a {levels}-level VQ-VAE")
+        return level % levels
+
+    def hop_length(self, level: int = -1) -> int:
+        return self.config.hop_lengths[self._level(level)]
+
+    def codebook(self, level: int = -1) -> torch.Tensor:
+        """(K, emb_width) code vectors of a level."""
+        return self.bottleneck.level_blocks[self._level(level)].k
+
+    @torch.inference_mode()
+    def encoder_output(self, audio: torch.Tensor, level: int = -1) -> torch.Tensor:
+        """Continuous latents before quantisation: (batch, samples) -> (batch, emb_width, S)."""
+        level = self._level(level)
+        if audio.dim() != 2:
+            raise ValueError(f"audio must be (batch, samples), got shape {tuple(audio.shape)}")
+        if audio.shape[1] < self.hop_length(level):
+            raise ValueError(f"audio of {audio.shape[1]} samples is shorter than one token")
+        weight = self.encoders[level].level_blocks[0].model[0][0].weight
+        x = audio.to(device=weight.device, dtype=weight.dtype)[:, None, :]
+        return self.encoders[level](x)
+
+    @torch.inference_mode()
+    def encode(self, audio: torch.Tensor, level: int = -1) -> torch.Tensor:
+        """Tokens of a level: (batch, samples) float -> (batch, samples // hop) long."""
+        latents = self.encoder_output(audio, level)
+        batch, width, length = latents.shape
+        rows = latents.permute(0, 2, 1).reshape(-1, width)
+        return nearest_codes(rows, self.codebook(level)).view(batch, length)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, level: int = -1) -> torch.Tensor:
+        """Audio from one level's tokens: (batch, S) long -> (batch, S * hop) float."""
+        level = self._level(level)
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, S), got shape {tuple(tokens.shape)}")
+        codebook = self.codebook(level)
+        latents = codebook[tokens.to(codebook.device)].permute(0, 2, 1)
+        return self.decoders[level](latents)[:, 0, :]
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, config: VQVAEConfig | None = None, device: str | torch.device = "cpu"
+    ) -> VQVAE:
+        """Load an original checkpoint dict, a plain state_dict or a safetensors file.
+
+        The config comes from the argument, else the file's saved hyper-parameters, else the
+        tensor shapes.
+        """
+        state, hps = read_checkpoint(path)
+        if config is None:
+            config = VQVAEConfig.from_hps(hps) if hps else VQVAEConfig.from_state_dict(state)
+        model = cls(config)
+        load_strict(model, state, path)
+        return model.to(device)
+
+    def save(self, path: str | Path) -> None:
+        """Write weights and config as safetensors (readable by ``from_checkpoint``)."""
+        write_safetensors(path, self.state_dict(), self.config.to_dict(), kind="vqvae")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+__all__ = ["VQVAE", "VQVAEConfig", "nearest_codes"]

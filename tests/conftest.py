@@ -1,0 +1,41 @@
+"""Shared test helpers: the Jukebox parity fixtures in ../shared beside the clone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(os.environ.get("LASS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+JUKEBOX = SHARED / "fixtures" / "jukebox"
+
+
+def jukebox_fixture(name: str) -> Path:
+    """Path of a parity fixture; skips only when the whole ../shared folder is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: Jukebox parity fixtures come from ../shared/fixtures/jukebox")
+    path = JUKEBOX / name
+    assert path.is_file(), f"fixture {path} is missing although {SHARED} exists"
+    return path
+
+
+@pytest.fixture(scope="session")
+def vqvae_reference() -> dict[str, np.ndarray]:
+    return dict(np.load(jukebox_fixture("vqvae_reference.npz")))
+
+
+@pytest.fixture(scope="session")
+def prior_reference() -> dict[str, np.ndarray]:
+    return dict(np.load(jukebox_fixture("prior_reference.npz")))
+
+
+def fixture_keys(name: str) -> dict[str, tuple[list[int], str]]:
+    """Keys, shapes and dtypes listed in a ``*_state_dict_keys.tsv`` fixture."""
+    rows = {}
+    for line in jukebox_fixture(name).read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape, dtype = line.split("\t")
+            rows[key] = ([int(s) for s in shape.strip("[]").split(",") if s.strip()], dtype)
+    return rows

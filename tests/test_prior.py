@@ -1,0 +1,233 @@
+"""Prior: parity with the original Jukebox/LASS code, incremental decoding, cache reordering."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lass_cli.checkpoint import CheckpointError
+from lass_cli.prior import Prior, PriorConfig
+
+from .conftest import fixture_keys, jukebox_fixture
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def fixture_prior() -> Prior:
+    return Prior.from_checkpoint(jukebox_fixture("prior.pth.tar"))
+
+
+def run_incremental(prior: Prior, tokens: torch.Tensor) -> torch.Tensor:
+    """LASS's pattern: step 0 on one row, expand to all rows, then feed the previous tokens."""
+    rows, length = tokens.shape
+    cache = prior.new_cache(rows=1, max_len=length, capacity=rows)
+    logits = [prior.step(cache, None).expand(rows, -1)]
+    cache.reorder(torch.zeros(rows, dtype=torch.long))
+    for t in range(1, length):
+        logits.append(prior.step(cache, tokens[:, t - 1]))
+    return torch.stack(logits, 1)
+
+
+def run_beam_pattern(
+    prior: Prior, reference: dict[str, np.ndarray]
+) -> tuple[list[np.ndarray], torch.Tensor, np.ndarray]:
+    rows = reference["beam_reorder"].shape[1]
+    cache = prior.new_cache(rows=1, capacity=rows)
+    step0 = prior.step(cache, None).numpy()
+    history = torch.zeros(1, 0, dtype=torch.long)
+    logits = []
+    for t in range(len(reference["beam_reorder"])):
+        index = torch.from_numpy(reference["beam_reorder"][t])
+        cache.reorder(index)
+        new = torch.from_numpy(reference["beam_new_tokens"][t])
+        history = torch.cat((history[index], new[:, None]), 1)
+        logits.append(prior.step(cache, new).numpy())
+    return logits, history, step0
+
+
+def test_teacher_forced_logits_match_reference(fixture_prior, prior_reference):
+    tokens = torch.from_numpy(prior_reference["tokens"])
+    logits = fixture_prior(tokens)
+    assert logits.shape == (3, 256, 64) and logits.dtype == torch.float32
+    assert np.abs(logits.numpy() - prior_reference["tf_logits"]).max() <= ATOL
+    bits = F.cross_entropy(logits.reshape(-1, 64), tokens.reshape(-1)).item() / math.log(2)
+    assert bits == pytest.approx(float(prior_reference["tf_loss_bits"]), abs=1e-4)
+
+
+def test_incremental_logits_match_reference(fixture_prior, prior_reference):
+    logits = run_incremental(fixture_prior, torch.from_numpy(prior_reference["tokens"]))
+    assert np.abs(logits.numpy() - prior_reference["inc_logits"]).max() <= ATOL
+    teacher = fixture_prior(torch.from_numpy(prior_reference["tokens"]))
+    assert torch.allclose(logits, teacher, atol=ATOL, rtol=0)
+
+
+def test_beam_reorders_match_reference(fixture_prior, prior_reference):
+    logits, history, step0 = run_beam_pattern(fixture_prior, prior_reference)
+    assert np.abs(step0 - prior_reference["beam_step0_logits"]).max() <= ATOL
+    assert np.abs(np.stack(logits) - prior_reference["beam_logits"]).max() <= ATOL
+    np.testing.assert_array_equal(history.numpy(), prior_reference["beam_final_histories"])
+
+
+def test_half_precision_follows_lass_fp16_mode(prior_reference):
+    """fp16 projections, fp16 cache, float32 LayerNorm/softmax/output, as LASS runs on CUDA.
+    CPU and CUDA half arithmetic differ, so the tolerance is loose (fp16 vs fp32 is about 0.02)."""
+    prior = Prior.from_checkpoint(jukebox_fixture("prior.pth.tar"), dtype=torch.float16)
+    assert prior.compute_dtype == torch.float16
+    assert prior.prior.x_emb.weight.dtype == torch.float32
+    logits = run_incremental(prior, torch.from_numpy(prior_reference["tokens"]))
+    assert logits.dtype == torch.float32
+    assert np.abs(logits.numpy() - prior_reference["inc_logits_fp16"]).max() <= 5e-3
+    beam, _, step0 = run_beam_pattern(prior, prior_reference)
+    assert np.abs(np.stack(beam) - prior_reference["beam_logits_fp16"]).max() <= 5e-3
+
+
+def test_state_dict_matches_original_keys_and_stays_tied(fixture_prior):
+    expected = fixture_keys("prior_state_dict_keys.tsv")
+    ours = fixture_prior.state_dict()
+    assert list(ours) == list(expected)
+    for key, (shape, _) in expected.items():
+        assert list(ours[key].shape) == shape, key
+    assert fixture_prior.prior.x_out.weight is fixture_prior.prior.x_emb.weight
+
+
+# ---------------------------------------------------------------- configurations beyond the fixture
+
+SMALL = dict(n_ctx=48, prior_width=32, prior_depth=6, heads=4, blocks=4, m_attn=0.5, m_mlp=2.0, l_bins=24)
+
+
+def random_prior(seed: int = 0, **overrides) -> Prior:
+    """A prior whose every weight matters (the default init gives near-uniform attention)."""
+    torch.manual_seed(seed)
+    prior = Prior(PriorConfig(**{**SMALL, **overrides}))
+    with torch.no_grad():
+        for name, param in prior.named_parameters():
+            if name.endswith(".w"):
+                param.normal_(0, 1 / math.sqrt(param.shape[0]))
+            elif name.endswith(".b"):
+                param.normal_(0, 0.05)
+            elif "ln_" in name:
+                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(param))
+            else:
+                param.normal_(0, 0.3)
+    return prior
+
+
+def dense_reference(prior: Prior, tokens: torch.Tensor) -> torch.Tensor:
+    """Straightforward full-mask transformer written from the documented rules, for comparison."""
+    config, ar = prior.config, prior.prior
+    length, bc, heads = tokens.shape[1], config.block_ctx, config.heads
+    pos = torch.arange(length)
+    row, col = pos // bc, pos % bc
+    masks = [
+        (row[:, None] == row[None]) & (col[None] <= col[:, None]),  # row: causal in own block
+        (col[:, None] == col[None]) & (row[None] <= row[:, None]),  # column: same column, rows <= own
+        row[None] == row[:, None] - 1,  # previous row: the whole previous block
+    ]
+    x = torch.cat((ar.start_token.expand(len(tokens), 1, -1), ar.x_emb(tokens)[:, :-1]), 1)
+    x = x + ar.pos_emb.pos_emb[:length]
+    for d, block in enumerate(ar.transformer._attn_mods):
+        h = F.layer_norm(x, (config.prior_width,), block.ln_0.weight, block.ln_0.bias, 1e-5)
+        q, k, v = (h @ block.attn.c_attn.w + block.attn.c_attn.b).chunk(3, -1)
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~masks[d % 3], float("-inf"))
+        weights = torch.softmax(scores, -1).nan_to_num(0.0)  # a query with no key attends to zeros
+        a = (weights @ v).transpose(1, 2).flatten(2) @ block.attn.c_proj.w + block.attn.c_proj.b
+        u = F.layer_norm(x + a, (config.prior_width,), block.ln_1.weight, block.ln_1.bias, 1e-5)
+        hidden = u @ block.mlp.c_fc.w + block.mlp.c_fc.b
+        m = (hidden * torch.sigmoid(1.702 * hidden)) @ block.mlp.c_proj.w + block.mlp.c_proj.b
+        x = x + (a + m) * (1 / config.prior_depth if config.res_scale else 1.0)
+    return x @ ar.x_emb.weight.T
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"heads": 1, "blocks": 6, "res_scale": True}, {"prior_depth": 4, "blocks": 12}]
+)
+def test_other_configurations_match_dense_reference(overrides):
+    prior = random_prior(**overrides)
+    tokens = torch.randint(0, prior.config.bins, (2, prior.config.n_ctx))
+    with torch.no_grad():
+        expected = dense_reference(prior, tokens)
+    assert torch.allclose(prior(tokens), expected, atol=ATOL, rtol=0)
+    assert torch.allclose(run_incremental(prior, tokens), expected, atol=ATOL, rtol=0)
+
+
+def test_shorter_sequences_score_like_the_full_prefix():
+    prior = random_prior(seed=1)
+    tokens = torch.randint(0, prior.config.bins, (2, prior.config.n_ctx))
+    full = prior(tokens)
+    for length in (1, 5, 12, 13, 30):
+        assert torch.allclose(prior(tokens[:, :length]), full[:, :length], atol=ATOL, rtol=0)
+
+
+def test_reorder_with_repeats_and_drops_equals_reordered_histories():
+    prior = random_prior(seed=2)
+    generator = torch.Generator().manual_seed(0)
+    rows, length = 5, 30
+    cache = prior.new_cache(rows=1, max_len=length, capacity=rows)
+    history = torch.zeros(1, 0, dtype=torch.long)
+    logits = prior.step(cache, None)
+    for _t in range(length - 1):
+        count = int(torch.randint(1, rows + 1, (1,), generator=generator))
+        index = torch.randint(0, len(history), (count,), generator=generator)
+        cache.reorder(index)
+        new = torch.randint(0, prior.config.bins, (count,), generator=generator)
+        history = torch.cat((history[index], new[:, None]), 1)
+        logits = prior.step(cache, new)
+    # Rows scored after the final reorder equal a fresh teacher-forced pass on their histories.
+    padded = torch.cat((history, history[:, :1]), 1)
+    assert torch.allclose(logits, prior(padded)[:, -1], atol=ATOL, rtol=0)
+
+
+def test_loading_our_own_files_and_configs(tmp_path):
+    prior = random_prior(seed=3)
+    tokens = torch.randint(0, prior.config.bins, (1, 20))
+    prior.save(tmp_path / "prior.safetensors")
+    loaded = Prior.from_checkpoint(tmp_path / "prior.safetensors")
+    assert loaded.config == prior.config
+    assert loaded.prior.x_out.weight is loaded.prior.x_emb.weight
+    assert torch.equal(loaded(tokens), prior(tokens))
+
+    torch.save(prior.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="no hyper-parameters"):
+        Prior.from_checkpoint(tmp_path / "plain.pt")
+    assert torch.equal(Prior.from_checkpoint(tmp_path / "plain.pt", prior.config)(tokens), prior(tokens))
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        Prior.from_checkpoint(tmp_path / "plain.pt", PriorConfig(**{**SMALL, "l_bins": 32}))
+
+
+def test_unsupported_settings_and_misuse_are_rejected():
+    with pytest.raises(ValueError, match="attn_order 0 is not supported"):
+        PriorConfig(**{**SMALL, "attn_order": 0})
+    with pytest.raises(ValueError, match="multiple of blocks"):
+        PriorConfig(**{**SMALL, "blocks": 5})
+    with pytest.raises(ValueError, match="pos_init"):
+        PriorConfig.from_hps({**SMALL, "pos_init": True})
+    prior = random_prior()
+    with pytest.raises(ValueError, match="exceeds"):
+        prior.new_cache(rows=1, max_len=prior.config.n_ctx + 1)
+    cache = prior.new_cache(rows=2, max_len=2)
+    prior.step(cache, None)
+    with pytest.raises(ValueError, match="shape"):
+        prior.step(cache, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(IndexError, match="out of range"):
+        cache.reorder(torch.tensor([2]))
+    with pytest.raises(ValueError, match="entries"):
+        cache.reorder(torch.tensor([0, 1, 0]))
+    prior.step(cache, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(IndexError, match="full"):
+        prior.step(cache, torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_matches_cpu(prior_reference, dtype):
+    prior = Prior.from_checkpoint(jukebox_fixture("prior.pth.tar"), device="cuda", dtype=dtype)
+    logits = run_incremental(prior, torch.from_numpy(prior_reference["tokens"]).cuda()).cpu()
+    tolerance = ATOL if dtype == torch.float32 else 0.1
+    assert np.abs(logits.numpy() - prior_reference["inc_logits"]).max() <= tolerance
