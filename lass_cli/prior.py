@@ -185,14 +185,14 @@ class _FactoredAttention(nn.Module):
 
     def step(self, x: torch.Tensor, cache: PriorCache, layer: int) -> torch.Tensor:
         """One position for every cached row: x is (rows, width)."""
-        q, k, v = self.c_attn(x).chunk(3, dim=-1)
-        keys, values = cache.store(layer, k, v)
-        if keys is None:  # previous-row layer in row 0: attention to zeros is exactly zero
-            out = torch.zeros_like(q)
-        else:
-            out = self._merge(attend(self._split(q[:, None]), self._split(keys), self._split(values), causal=False))
-            out = out[:, 0]
-        return self.c_proj(out)
+        qkv = self.c_attn(x)
+        q, kv = qkv[:, : qkv.shape[1] // 3], qkv[:, qkv.shape[1] // 3 :]
+        context = cache.store(layer, kv)
+        if context is None:  # previous-row layer in row 0: attention to zeros is exactly zero
+            return self.c_proj(torch.zeros_like(q))
+        keys, values = context.chunk(2, dim=-1)
+        out = attend(self._split(q[:, None]), self._split(keys), self._split(values), causal=False)
+        return self.c_proj(self._merge(out)[:, 0])
 
 
 class _ResAttnBlock(nn.Module):
@@ -246,10 +246,15 @@ class _Autoregressive(nn.Module):
 class PriorCache:
     """Keys and values one prior needs for ``rows`` sequences, for positions ``0 .. max_len - 1``.
 
-    Only what factored attention reads is kept: row layers hold the current row, previous-row
-    layers the current and previous rows (a ring of two), column layers every row so far. Each kind
-    is one tensor ``(capacity, layers, 2, ...)`` so that a beam reorder is three ``index_select``
-    calls into a second, preallocated set of buffers that then swaps in.
+    Beam search reorders rows at every step. Copying every cached key would cost far more than the
+    step itself, so nothing is copied: position p's key of row i stays where row i wrote it, and
+    ``ancestry[i, p]`` says which row slot wrote the ancestor of today's row i at position p. A reorder
+    permutes that small integer table; each attention layer gathers its keys through it.
+
+    Only what factored attention reads is kept, per kind one tensor
+    ``(layers, kept positions, capacity, 2 * n_state)`` (key and value side by side): row layers a ring
+    of one row (``block_ctx`` positions), previous-row layers a ring of two rows, column layers every
+    position up to ``max_len``.
     """
 
     def __init__(
@@ -260,48 +265,69 @@ class PriorCache:
         if not 0 < rows <= capacity:
             raise ValueError(f"rows {rows} must be between 1 and capacity {capacity}")
         self.rows, self.capacity, self.max_len, self.t = rows, capacity, max_len, 0
-        self.block_ctx = config.block_ctx
+        self.block_ctx = bc = config.block_ctx
         kinds = [config.layer_kind(d) for d in range(config.prior_depth)]
-        self._slot = [kinds[:d].count(kind) for d, kind in enumerate(kinds)]
         self._kind = kinds
-        row_count = -(-max_len // self.block_ctx)
-        lengths = {ROW: (self.block_ctx,), COLUMN: (row_count, self.block_ctx), PREVIOUS_ROW: (2, self.block_ctx)}
-        shapes = {kind: (capacity, kinds.count(kind), 2, *lengths[kind], config.n_state) for kind in lengths}
-        self._buffers = {kind: torch.zeros(shape, device=device, dtype=dtype) for kind, shape in shapes.items()}
-        self._spare = {kind: torch.empty_like(buf) for kind, buf in self._buffers.items()}
+        self._slot = [kinds[:d].count(kind) for d, kind in enumerate(kinds)]
+        self._kept = {ROW: bc, PREVIOUS_ROW: 2 * bc, COLUMN: max_len}
+        longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
+        width = 2 * config.n_state
+        self._stores = {
+            kind: torch.zeros(kinds.count(kind), kept, capacity, width, device=device, dtype=dtype)
+            for kind, kept in self._kept.items()
+        }
+        self._gathered = {
+            kind: torch.empty(capacity * longest[kind], width, device=device, dtype=dtype) for kind in self._kept
+        }
+        self._ancestry = torch.zeros(capacity, max_len, dtype=torch.long, device=device)
+        self._spare_ancestry = torch.empty_like(self._ancestry)
+        self._rows_arange = torch.arange(capacity, device=device)
+        self._flat_index: dict[int, torch.Tensor | None] = {}
 
     def nbytes(self) -> int:
-        return 2 * sum(b.numel() * b.element_size() for b in self._buffers.values())
+        tensors = [*self._stores.values(), *self._gathered.values(), self._ancestry, self._spare_ancestry]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
-    def store(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """Write position ``t``'s key and value of a layer; return what its query attends to."""
+    def begin_step(self) -> None:
+        """Work out, once per step, where each kind's keys for position ``t`` lie in its store."""
+        t, bc, rows = self.t, self.block_ctx, self.rows
+        row, col = divmod(t, bc)
+        self._ancestry[:rows, t] = self._rows_arange[:rows]
+        device = self._ancestry.device
+        positions = {
+            ROW: torch.arange(row * bc, t + 1, device=device),
+            COLUMN: torch.arange(col, t + 1, bc, device=device),
+            PREVIOUS_ROW: torch.arange((row - 1) * bc, row * bc, device=device) if row else None,
+        }
+        for kind, pos in positions.items():
+            if pos is None:
+                self._flat_index[kind] = None
+                continue
+            ring = (pos % self._kept[kind]) * self.capacity
+            self._flat_index[kind] = (ring + self._ancestry[:rows, pos]).reshape(-1)
+
+    def store(self, layer: int, kv: torch.Tensor) -> torch.Tensor | None:
+        """Write position ``t``'s keys and values (rows, 2 * n_state) of a layer and return what its
+        queries attend to, (rows, L, 2 * n_state); None where that is nothing (row 0, previous row)."""
         kind, slot = self._kind[layer], self._slot[layer]
-        row, col = divmod(self.t, self.block_ctx)
-        buf = self._buffers[kind][: self.rows, slot]
-        if kind == ROW:
-            buf[:, :, col] = torch.stack((k, v), 1)
-            return buf[:, 0, : col + 1], buf[:, 1, : col + 1]
-        if kind == COLUMN:
-            buf[:, :, row, col] = torch.stack((k, v), 1)
-            return buf[:, 0, : row + 1, col], buf[:, 1, : row + 1, col]
-        buf[:, :, row % 2, col] = torch.stack((k, v), 1)
-        if row == 0:
-            return None, None
-        return buf[:, 0, (row - 1) % 2], buf[:, 1, (row - 1) % 2]
+        store = self._stores[kind][slot]
+        store[self.t % self._kept[kind], : self.rows] = kv
+        index = self._flat_index[kind]
+        if index is None:
+            return None
+        out = self._gathered[kind][: index.numel()]
+        torch.index_select(store.view(-1, store.shape[-1]), 0, index, out=out)
+        return out.view(self.rows, -1, store.shape[-1])
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Make row i a copy of old row ``index[i]``; rows may repeat or vanish, the count change."""
-        index = index.to(device=next(iter(self._buffers.values())).device, dtype=torch.long)
+        """Make row i continue old row ``index[i]``; rows may repeat or vanish, the count change."""
+        index = index.to(device=self._ancestry.device, dtype=torch.long)
         if index.dim() != 1 or not 0 < len(index) <= self.capacity:
             raise ValueError(f"reorder index must be 1-D with 1..{self.capacity} entries")
-        if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.rows):
+        if int(index.min()) < 0 or int(index.max()) >= self.rows:
             raise IndexError(f"reorder index out of range for {self.rows} rows")
-        for kind, buf in self._buffers.items():
-            spare = self._spare[kind]
-            torch.index_select(buf[: self.rows], 0, index, out=spare[: len(index)])
-            self._buffers[kind], self._spare[kind] = spare, buf
+        torch.index_select(self._ancestry[: self.rows], 0, index, out=self._spare_ancestry[: len(index)])
+        self._ancestry, self._spare_ancestry = self._spare_ancestry, self._ancestry
         self.rows = len(index)
 
 
@@ -381,6 +407,7 @@ class Prior(nn.Module):
                 raise ValueError(f"previous tokens must have shape ({cache.rows},)")
             x = ar.x_emb(previous.to(self.device))
         x = (x + ar.pos_emb.pos_emb[cache.t]).to(self.compute_dtype)
+        cache.begin_step()
         for layer, block in enumerate(self._blocks()):
             x = block.step(x, cache, layer)
         cache.t += 1
