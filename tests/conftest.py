@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from lass_cli.prior import Prior, PriorConfig
 
 SHARED = Path(os.environ.get("LASS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 JUKEBOX = SHARED / "fixtures" / "jukebox"
@@ -39,3 +43,23 @@ def fixture_keys(name: str) -> dict[str, tuple[list[int], str]]:
             key, shape, dtype = line.split("\t")
             rows[key] = ([int(s) for s in shape.strip("[]").split(",") if s.strip()], dtype)
     return rows
+
+
+SMALL = dict(n_ctx=48, prior_width=32, prior_depth=6, heads=4, blocks=4, m_attn=0.5, m_mlp=2.0, l_bins=24)
+
+
+def random_prior(seed: int = 0, **overrides) -> Prior:
+    """A tiny prior whose every weight matters (the default init gives near-uniform attention)."""
+    torch.manual_seed(seed)
+    prior = Prior(PriorConfig(**{**SMALL, **overrides}))
+    with torch.no_grad():
+        for name, param in prior.named_parameters():
+            if name.endswith(".w"):
+                param.normal_(0, 1 / math.sqrt(param.shape[0]))
+            elif name.endswith(".b"):
+                param.normal_(0, 0.05)
+            elif "ln_" in name:
+                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(param))
+            else:
+                param.normal_(0, 0.3)
+    return prior

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lass_cli.checkpoint import CheckpointError
 from lass_cli.prior import Prior, PriorConfig
 
-from .conftest import fixture_keys, jukebox_fixture
+from .conftest import SMALL, fixture_keys, jukebox_fixture, random_prior
 
 ATOL = 1e-4
 
@@ -96,25 +96,6 @@ def test_state_dict_matches_original_keys_and_stays_tied(fixture_prior):
 
 
 # ---------------------------------------------------------------- configurations beyond the fixture
-
-SMALL = dict(n_ctx=48, prior_width=32, prior_depth=6, heads=4, blocks=4, m_attn=0.5, m_mlp=2.0, l_bins=24)
-
-
-def random_prior(seed: int = 0, **overrides) -> Prior:
-    """A prior whose every weight matters (the default init gives near-uniform attention)."""
-    torch.manual_seed(seed)
-    prior = Prior(PriorConfig(**{**SMALL, **overrides}))
-    with torch.no_grad():
-        for name, param in prior.named_parameters():
-            if name.endswith(".w"):
-                param.normal_(0, 1 / math.sqrt(param.shape[0]))
-            elif name.endswith(".b"):
-                param.normal_(0, 0.05)
-            elif "ln_" in name:
-                param.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(param))
-            else:
-                param.normal_(0, 0.3)
-    return prior
 
 
 def dense_reference(prior: Prior, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,283 @@
+"""LASS samplers: pick both sources' tokens given two priors, the likelihood and the mixture tokens.
+
+At step s every row has log p1(. | z1<s) and log p2(. | z2<s) from its priors; the posterior of a
+pair is ``log p1(z1) + log p2(z2) + lambda log P(m_s | z1, z2)``. Only pairs with ``P > 0`` can win,
+so scores are computed on the likelihood's candidate pairs for ``m_s``, never on the K x K grid.
+A mixture token that was never counted has no candidates: that step uses the priors alone.
+
+All W windows advance together: each prior sees W x B rows per step. The priors are used through
+a small interface (``new_cache(rows, max_len, capacity)``, ``step(cache, previous)``,
+``cache.reorder(index)``), which :class:`lass_cli.prior.Prior` provides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .likelihood import Likelihood
+
+METHODS = ("beam", "greedy", "sample")
+
+
+class Cache(Protocol):
+    def reorder(self, index: torch.Tensor) -> None: ...
+
+
+class PriorLike(Protocol):
+    def new_cache(self, rows: int, max_len: int | None = None, capacity: int | None = None) -> Cache: ...
+
+    def step(self, cache: Cache, previous: torch.Tensor | None) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to choose the tokens; one field per ``lass separate`` flag.
+
+    Args:
+        method: ``beam`` (keep the B best prefixes), ``greedy`` (beam of 1) or ``sample``
+            (ancestral sampling of ``samples`` candidates per window, then the best one).
+        beams: B for beam search (the paper's Table 5 uses 100).
+        temperature: divides the priors' logits before their log-softmax.
+        top_k: sampling only: draw among the k best pairs of each step (None: all).
+        samples: sampling only: candidates per window.
+        seed: sampling only: the random stream (results are reproducible on one device).
+    """
+
+    method: str = "beam"
+    beams: int = 100
+    temperature: float = 1.0
+    top_k: int | None = None
+    samples: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.beams < 1 or self.samples < 1 or (self.top_k is not None and self.top_k < 1):
+            raise ValueError("beams, samples and top_k must be at least 1")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be positive")
+
+
+@dataclass
+class SearchResult:
+    """Chosen tokens of both sources (W, S) each, the log posterior of each window's choice (W,),
+    and per window how many steps had no likelihood entries and used the priors alone (W,)."""
+
+    tokens: tuple[torch.Tensor, torch.Tensor]
+    scores: torch.Tensor
+    fallback_steps: torch.Tensor
+
+
+def _log_probs(prior: PriorLike, cache: Cache, previous: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    logits = prior.step(cache, previous)
+    return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+
+
+def _pad_to(scores: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad the last dim with -inf so that top-``size`` exists (fewer candidates than beams)."""
+    missing = size - scores.shape[-1]
+    return F.pad(scores, (0, missing), value=float("-inf")) if missing > 0 else scores
+
+
+def _best_pairs(
+    cum: torch.Tensor,
+    lp1: torch.Tensor,
+    lp2: torch.Tensor,
+    candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    keep: int,
+) -> tuple[torch.Tensor, ...]:
+    """The ``keep`` best (prefix score + posterior) over all rows x candidate pairs of each window.
+
+    cum (W, R), lp (W, R, K), candidates (W, N). Returns scores, parent row, z1, z2, each (W, keep).
+    """
+    z1, z2, ll = candidates
+    windows, rows = cum.shape
+    n = z1.shape[1]
+    scores = cum[:, :, None] + ll[:, None, :]
+    scores = scores + lp1.gather(2, z1[:, None, :].expand(windows, rows, n))
+    scores = scores + lp2.gather(2, z2[:, None, :].expand(windows, rows, n))
+    values, index = _pad_to(scores.view(windows, rows * n), keep).topk(keep, dim=1)
+    parent, column = (index // n).clamp_(max=rows - 1), index % n
+    return values, parent, z1.gather(1, column), z2.gather(1, column)
+
+
+def _best_pairs_from_priors(
+    cum: torch.Tensor, lp1: torch.Tensor, lp2: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, ...]:
+    """As :func:`_best_pairs` with the priors alone: the best ``keep`` pairs of a row lie among
+    its ``keep`` best tokens of each prior, so only those are combined."""
+    windows, rows, bins = lp1.shape
+    c = min(keep, bins)
+    v1, i1 = lp1.topk(c, dim=2)
+    v2, i2 = lp2.topk(c, dim=2)
+    scores = cum[:, :, None, None] + v1[..., :, None] + v2[..., None, :]
+    values, index = _pad_to(scores.view(windows, -1), keep).topk(keep, dim=1)
+    index = index.clamp_(max=rows * c * c - 1)
+    parent, a, b = index // (c * c), (index // c) % c, index % c
+    z1 = i1.view(windows, rows * c).gather(1, parent * c + a)
+    z2 = i2.view(windows, rows * c).gather(1, parent * c + b)
+    return values, parent, z1, z2
+
+
+def beam_search(
+    priors: tuple[PriorLike, PriorLike],
+    likelihood: Likelihood,
+    mixture: torch.Tensor,
+    beams: int,
+    temperature: float = 1.0,
+) -> SearchResult:
+    """Beam search over all windows at once; ``mixture`` is (W, S) tokens.
+
+    The first step starts from one row per window; each step keeps the B best cumulative log
+    posteriors over all beams x all candidate pairs; both priors' caches follow the surviving beams.
+    """
+    device = likelihood.device
+    mixture = mixture.cpu()
+    windows, length = mixture.shape
+    entries = likelihood.entries(mixture)
+    widths = entries.max(0).values.tolist() if windows else []
+    fallback = entries == 0
+    caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
+    cum = torch.zeros(windows, 1, device=device)
+    parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
+    chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
+    previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    window_index = torch.arange(windows, device=device)[:, None]
+    for t in range(length):
+        rows = cum.shape[1]
+        lp1, lp2 = (
+            _log_probs(prior, cache, prev, temperature).view(windows, rows, -1)
+            for prior, cache, prev in zip(priors, caches, previous)
+        )
+        step_fallback = fallback[:, t]
+        if widths[t]:
+            picked = _best_pairs(cum, lp1, lp2, likelihood.candidates(mixture[:, t], widths[t]), beams)
+        if step_fallback.any():
+            alone = _best_pairs_from_priors(cum, lp1, lp2, beams)
+            if widths[t]:
+                use = step_fallback.to(device)[:, None]
+                picked = tuple(torch.where(use, a, p) for a, p in zip(alone, picked))
+            else:
+                picked = alone
+        cum, parent, z1, z2 = picked
+        parents[t], chosen[0, t], chosen[1, t] = parent, z1, z2
+        if t + 1 < length:
+            index = (window_index * rows + parent).reshape(-1)
+            for cache in caches:
+                cache.reorder(index)
+            previous = (z1.reshape(-1), z2.reshape(-1))
+    scores, beam = cum.max(dim=1)
+    tokens = torch.zeros(2, windows, length, dtype=torch.long, device=device)
+    for t in reversed(range(length)):
+        tokens[:, :, t] = chosen[:, t].gather(2, beam[None, :, None].expand(2, -1, 1))[..., 0]
+        beam = parents[t].gather(1, beam[:, None])[:, 0]
+    return SearchResult((tokens[0], tokens[1]), scores, fallback.sum(1))
+
+
+def _top_k_mask(scores: torch.Tensor, k: int | None) -> torch.Tensor:
+    if k is None or k >= scores.shape[-1]:
+        return scores
+    threshold = scores.topk(k, dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < threshold, float("-inf"))
+
+
+def _gumbel_argmax(scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A draw from softmax(scores) along the last dim (Gumbel-max, reproducible per generator)."""
+    uniform = torch.rand(scores.shape, generator=generator, device=scores.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-20, max=1.0 - 1e-7)))
+    return (scores + gumbel).argmax(dim=-1)
+
+
+def sample_search(
+    priors: tuple[PriorLike, PriorLike],
+    likelihood: Likelihood,
+    mixture: torch.Tensor,
+    options: SearchOptions,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mixture_audio: torch.Tensor | None = None,
+) -> SearchResult:
+    """Ancestral sampling of ``options.samples`` candidates per window from the posterior, then the
+    candidate whose decoded sources average closest (L2) to ``mixture_audio`` (the signal that was
+    encoded, (W, T)) when ``decode`` is given, else the one with the highest log posterior."""
+    device = likelihood.device
+    mixture = mixture.cpu()
+    windows, length = mixture.shape
+    n = options.samples
+    entries = likelihood.entries(mixture)
+    widths = entries.max(0).values.tolist() if windows else []
+    fallback = entries == 0
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    caches = [prior.new_cache(rows=windows * n, max_len=length) for prior in priors]
+    tokens = torch.zeros(2, windows, n, length, dtype=torch.long, device=device)
+    cum = torch.zeros(windows, n, device=device)
+    previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    for t in range(length):
+        lp1, lp2 = (
+            _log_probs(prior, cache, prev, options.temperature).view(windows, n, -1)
+            for prior, cache, prev in zip(priors, caches, previous)
+        )
+        score = torch.full((windows, n), float("-inf"), device=device)
+        z1 = z2 = torch.zeros(windows, n, dtype=torch.long, device=device)
+        if widths[t]:
+            c1, c2, ll = likelihood.candidates(mixture[:, t], widths[t])
+            expand = (windows, n, widths[t])
+            post = lp1.gather(2, c1[:, None].expand(expand)) + lp2.gather(2, c2[:, None].expand(expand)) + ll[:, None]
+            pick = _gumbel_argmax(_top_k_mask(post, options.top_k), generator)
+            z1, z2 = c1.gather(1, pick), c2.gather(1, pick)
+            score = post.gather(2, pick[..., None])[..., 0]
+        step_fallback = fallback[:, t]
+        if step_fallback.any():
+            a1 = _gumbel_argmax(_top_k_mask(lp1, options.top_k), generator)
+            a2 = _gumbel_argmax(_top_k_mask(lp2, options.top_k), generator)
+            alone = lp1.gather(2, a1[..., None])[..., 0] + lp2.gather(2, a2[..., None])[..., 0]
+            use = step_fallback.to(device)[:, None]
+            z1, z2, score = torch.where(use, a1, z1), torch.where(use, a2, z2), torch.where(use, alone, score)
+        cum += score
+        tokens[0, :, :, t], tokens[1, :, :, t] = z1, z2
+        previous = (z1.reshape(-1), z2.reshape(-1))
+    if decode is not None and mixture_audio is not None:
+        error = torch.stack([_mixture_error(decode, tokens[:, w], mixture_audio[w]) for w in range(windows)])
+        best = error.to(device).argmin(dim=1)
+    else:
+        best = cum.argmax(dim=1)
+    pick = best[None, :, None, None].expand(2, windows, 1, length)
+    chosen = tokens.gather(2, pick)[:, :, 0]
+    return SearchResult((chosen[0], chosen[1]), cum.gather(1, best[:, None])[:, 0], fallback.sum(1))
+
+
+def _mixture_error(
+    decode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Squared L2 between ``(x1 + x2) / 2`` of each candidate's decoded sources and the target."""
+    x1, x2 = decode(tokens[0]), decode(tokens[1])
+    estimate = 0.5 * (x1 + x2)
+    target = target.to(estimate.device)
+    size = min(estimate.shape[-1], target.shape[-1])
+    return (estimate[:, :size] - target[None, :size]).pow(2).sum(-1)
+
+
+def search(
+    priors: tuple[PriorLike, PriorLike],
+    likelihood: Likelihood,
+    mixture: torch.Tensor,
+    options: SearchOptions = SearchOptions(),
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mixture_audio: torch.Tensor | None = None,
+) -> SearchResult:
+    """Run the sampler ``options.method`` on (W, S) mixture tokens (all windows batched)."""
+    if mixture.dim() != 2:
+        raise ValueError(f"mixture tokens must be (windows, S), got shape {tuple(mixture.shape)}")
+    with torch.inference_mode():
+        if options.method == "sample":
+            return sample_search(priors, likelihood, mixture, options, decode, mixture_audio)
+        beams = 1 if options.method == "greedy" else options.beams
+        return beam_search(priors, likelihood, mixture, beams, options.temperature)
+
+
+__all__ = ["SearchOptions", "SearchResult", "beam_search", "sample_search", "search"]

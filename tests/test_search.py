@@ -1,0 +1,132 @@
+"""Samplers: beam search against a brute-force K x K reference, batching, greedy, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lass_cli.likelihood import Counts
+from lass_cli.search import SearchOptions, beam_search, search
+
+from .conftest import random_prior
+
+BINS = 16
+
+
+def random_counts(seed: int, bins: int = BINS, triples: int = 1500, missing: int = 1) -> Counts:
+    """Random sparse counts; the last ``missing`` mixture tokens are never counted."""
+    rng = np.random.default_rng(seed)
+    z1, z2 = rng.integers(0, bins, (2, triples))
+    m = (z1 * 3 + z2 * 5 + rng.integers(0, 2, triples)) % (bins - missing)
+    counts = Counts(bins)
+    counts.add(z1, z2, m)
+    return counts
+
+
+def brute_force_beam(priors, counts: Counts, weight: float, mixture: torch.Tensor, beams: int):
+    """One window, scoring the whole K x K grid of every beam at every step."""
+    dense = torch.from_numpy(counts.dense()).double()
+    log_p = weight * torch.log(dense / dense.sum(-1, keepdim=True))  # -inf where never counted
+    bins, length = counts.bins, len(mixture)
+    caches = [p.new_cache(rows=1, max_len=length, capacity=beams) for p in priors]
+    cum = torch.zeros(1, dtype=torch.float64)
+    histories = torch.zeros(2, 1, 0, dtype=torch.long)
+    previous = (None, None)
+    for t in range(length):
+        lp1, lp2 = (torch.log_softmax(p.step(c, prev), -1).double() for p, c, prev in zip(priors, caches, previous))
+        slice_ = log_p[:, :, mixture[t]]
+        if not torch.isfinite(slice_).any():
+            slice_ = torch.zeros(bins, bins, dtype=torch.float64)  # no entries: the priors alone
+        grid = cum[:, None, None] + lp1[:, :, None] + lp2[:, None, :] + slice_[None]
+        cum, index = grid.flatten().topk(beams)
+        parent, z1, z2 = index // (bins * bins), (index // bins) % bins, index % bins
+        histories = torch.cat((histories[:, parent], torch.stack((z1, z2))[:, :, None]), 2)
+        for cache in caches:
+            cache.reorder(parent)
+        previous = (z1, z2)
+    best = int(cum.argmax())
+    return histories[0, best], histories[1, best], float(cum[best])
+
+
+def make_priors(seed: int = 0):
+    return (
+        random_prior(seed, l_bins=BINS, n_ctx=24, blocks=4),
+        random_prior(seed + 100, l_bins=BINS, n_ctx=24, blocks=4),
+    )
+
+
+@pytest.mark.parametrize(("beams", "windows", "weight"), [(1, 1, 3.0), (4, 3, 3.0), (7, 2, 0.5), (12, 2, 10.0)])
+def test_beam_search_equals_brute_force(beams, windows, weight):
+    priors = make_priors(beams)
+    counts = random_counts(beams)
+    likelihood = counts.likelihood(weight=weight)
+    generator = torch.Generator().manual_seed(beams)
+    mixture = torch.randint(0, BINS, (windows, 14), generator=generator)
+    mixture[0, 3] = BINS - 1  # a token never counted: that step falls back to the priors
+    result = search(priors, likelihood, mixture, SearchOptions(beams=beams))
+    assert result.tokens[0].shape == (windows, 14)
+    for w in range(windows):
+        z1, z2, score = brute_force_beam(priors, counts, weight, mixture[w], beams)
+        np.testing.assert_array_equal(result.tokens[0][w].numpy(), z1.numpy())
+        np.testing.assert_array_equal(result.tokens[1][w].numpy(), z2.numpy())
+        assert float(result.scores[w]) == pytest.approx(score, abs=1e-5, rel=1e-6)
+        assert int(result.fallback_steps[w]) == int((mixture[w] == BINS - 1).sum())
+
+
+def test_batched_windows_equal_separate_runs_and_greedy_is_beam_one():
+    priors = make_priors(7)
+    likelihood = random_counts(7).likelihood()
+    mixture = torch.randint(0, BINS - 1, (4, 12), generator=torch.Generator().manual_seed(7))
+    together = beam_search(priors, likelihood, mixture, beams=5)
+    for w in range(4):
+        alone = beam_search(priors, likelihood, mixture[w : w + 1], beams=5)
+        assert torch.equal(alone.tokens[0][0], together.tokens[0][w])
+        assert torch.equal(alone.tokens[1][0], together.tokens[1][w])
+        assert torch.allclose(alone.scores[0], together.scores[w], atol=1e-5)
+    greedy = search(priors, likelihood, mixture, SearchOptions(method="greedy"))
+    beam1 = search(priors, likelihood, mixture, SearchOptions(beams=1))
+    assert torch.equal(greedy.tokens[0], beam1.tokens[0]) and torch.equal(greedy.tokens[1], beam1.tokens[1])
+    assert torch.all(together.scores >= greedy.scores - 1e-5)  # a wider beam never scores worse here
+
+
+def test_every_chosen_pair_is_a_counted_pair():
+    priors = make_priors(3)
+    counts = random_counts(3)
+    dense = counts.dense()
+    mixture = torch.randint(0, BINS - 1, (2, 16), generator=torch.Generator().manual_seed(3))
+    for options in (SearchOptions(beams=3), SearchOptions(method="sample", samples=4, top_k=5, seed=1)):
+        result = search(priors, counts.likelihood(), mixture, options)
+        z1, z2 = result.tokens
+        assert np.all(dense[z1.numpy(), z2.numpy(), mixture.numpy()] > 0), options.method
+
+
+def test_sampling_is_seeded_and_selects_by_mixture_error():
+    priors = make_priors(5)
+    likelihood = random_counts(5).likelihood()
+    mixture = torch.randint(0, BINS, (2, 10), generator=torch.Generator().manual_seed(5))
+    options = SearchOptions(method="sample", samples=6, temperature=0.8, seed=11)
+    first, again = search(priors, likelihood, mixture, options), search(priors, likelihood, mixture, options)
+    assert torch.equal(first.tokens[0], again.tokens[0]) and torch.equal(first.tokens[1], again.tokens[1])
+    other = search(priors, likelihood, mixture, SearchOptions(method="sample", samples=6, seed=12))
+    assert not (torch.equal(first.tokens[0], other.tokens[0]) and torch.equal(first.tokens[1], other.tokens[1]))
+
+    # A decoder that maps tokens to their values: the best candidate is the one whose two
+    # sources average closest to the target, which we can compute independently.
+    decode = lambda tokens: tokens.double()  # noqa: E731
+    target = torch.full((2, 10), 4.0, dtype=torch.float64)
+    chosen = search(priors, likelihood, mixture, options, decode=decode, mixture_audio=target)
+    for w in range(2):
+        error = (0.5 * (chosen.tokens[0][w] + chosen.tokens[1][w]).double() - 4.0).pow(2).sum()
+        assert error <= (0.5 * (first.tokens[0][w] + first.tokens[1][w]).double() - 4.0).pow(2).sum() + 1e-9
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="method"):
+        SearchOptions(method="viterbi")
+    with pytest.raises(ValueError, match="at least 1"):
+        SearchOptions(beams=0)
+    with pytest.raises(ValueError, match="positive"):
+        SearchOptions(temperature=0)
+    with pytest.raises(ValueError, match="windows, S"):
+        search(make_priors(), random_counts(0).likelihood(), torch.zeros(5, dtype=torch.long))
