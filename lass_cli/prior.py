@@ -241,6 +241,10 @@ class _Autoregressive(nn.Module):
         self.transformer = _Transformer(config)
         self.x_out = nn.Linear(width, config.bins, bias=False)
         self.x_out.weight = self.x_emb.weight
+        # Jukebox's initialisation scales; checkpoints overwrite them.
+        nn.init.normal_(self.x_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.pos_emb, std=0.01)
+        nn.init.normal_(self.start_token, std=0.01)
 
 
 class PriorCache:
@@ -269,11 +273,13 @@ class PriorCache:
         kinds = [config.layer_kind(d) for d in range(config.prior_depth)]
         self._kind = kinds
         self._slot = [kinds[:d].count(kind) for d, kind in enumerate(kinds)]
-        self._kept = {ROW: bc, PREVIOUS_ROW: 2 * bc, COLUMN: max_len}
+        # Rings never wrap below max_len, so shorter contexts keep fewer positions.
+        self._kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
         longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
         width = 2 * config.n_state
+        # Uninitialised: a position is always written before any row reads it.
         self._stores = {
-            kind: torch.zeros(kinds.count(kind), kept, capacity, width, device=device, dtype=dtype)
+            kind: torch.empty(kinds.count(kind), kept, capacity, width, device=device, dtype=dtype)
             for kind, kept in self._kept.items()
         }
         self._gathered = {

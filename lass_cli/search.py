@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .likelihood import Likelihood
 
 METHODS = ("beam", "greedy", "sample")
+StepCallback = Callable[[int, int], None]  # (steps done, steps in all), for progress bars
 
 
 class Cache(Protocol):
@@ -131,6 +132,7 @@ def beam_search(
     mixture: torch.Tensor,
     beams: int,
     temperature: float = 1.0,
+    on_step: StepCallback | None = None,
 ) -> SearchResult:
     """Beam search over all windows at once; ``mixture`` is (W, S) tokens.
 
@@ -172,6 +174,8 @@ def beam_search(
             for cache in caches:
                 cache.reorder(index)
             previous = (z1.reshape(-1), z2.reshape(-1))
+        if on_step is not None:
+            on_step(t + 1, length)
     scores, beam = cum.max(dim=1)
     tokens = torch.zeros(2, windows, length, dtype=torch.long, device=device)
     for t in reversed(range(length)):
@@ -201,6 +205,7 @@ def sample_search(
     options: SearchOptions,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     mixture_audio: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
 ) -> SearchResult:
     """Ancestral sampling of ``options.samples`` candidates per window from the posterior, then the
     candidate whose decoded sources average closest (L2) to ``mixture_audio`` (the signal that was
@@ -241,6 +246,8 @@ def sample_search(
         cum += score
         tokens[0, :, :, t], tokens[1, :, :, t] = z1, z2
         previous = (z1.reshape(-1), z2.reshape(-1))
+        if on_step is not None:
+            on_step(t + 1, length)
     if decode is not None and mixture_audio is not None:
         error = torch.stack([_mixture_error(decode, tokens[:, w], mixture_audio[w]) for w in range(windows)])
         best = error.to(device).argmin(dim=1)
@@ -269,15 +276,16 @@ def search(
     options: SearchOptions = SearchOptions(),
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     mixture_audio: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
 ) -> SearchResult:
     """Run the sampler ``options.method`` on (W, S) mixture tokens (all windows batched)."""
     if mixture.dim() != 2:
         raise ValueError(f"mixture tokens must be (windows, S), got shape {tuple(mixture.shape)}")
     with torch.inference_mode():
         if options.method == "sample":
-            return sample_search(priors, likelihood, mixture, options, decode, mixture_audio)
+            return sample_search(priors, likelihood, mixture, options, decode, mixture_audio, on_step)
         beams = 1 if options.method == "greedy" else options.beams
-        return beam_search(priors, likelihood, mixture, beams, options.temperature)
+        return beam_search(priors, likelihood, mixture, beams, options.temperature, on_step)
 
 
 __all__ = ["SearchOptions", "SearchResult", "beam_search", "sample_search", "search"]

@@ -328,4 +328,62 @@ class VQVAE(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-__all__ = ["VQVAE", "VQVAEConfig", "nearest_codes"]
+__all__ = ["VQVAE", "VQVAEConfig", "from_transformers_keys", "nearest_codes", "to_transformers_keys"]
+
+
+# Key names of the same VQ-VAE inside a transformers ``JukeboxModel`` (prefix ``vqvae.``), as
+# (original pattern, transformers pattern) pairs; ``{n}`` marks a number that changes between them.
+_TRANSFORMERS_RULES = [
+    (r"(encoders\.\d+\.level_blocks\.\d+)\.model\.(\d+)\.0\.", lambda m: f"{m[1]}.downsample_block.{2 * int(m[2])}."),
+    (r"(encoders\.\d+\.level_blocks\.\d+)\.model\.(\d+)\.1\.model\.(\d+)\.model\.([13])\.",
+     lambda m: f"{m[1]}.downsample_block.{2 * int(m[2]) + 1}.resnet_block.{m[3]}.conv1d_{(int(m[4]) + 1) // 2}."),
+    (r"(encoders\.\d+\.level_blocks\.\d+)\.model\.\d+\.(weight|bias)$", lambda m: f"{m[1]}.proj_out.{m[2]}"),
+    (r"(decoders\.\d+\.level_blocks\.\d+)\.model\.0\.", lambda m: f"{m[1]}.proj_in."),
+    (r"(decoders\.\d+\.level_blocks\.\d+)\.model\.(\d+)\.0\.model\.(\d+)\.model\.([13])\.",
+     lambda m: f"{m[1]}.upsample_block.{2 * (int(m[2]) - 1)}.resnet_block.{m[3]}.conv1d_{(int(m[4]) + 1) // 2}."),
+    (r"(decoders\.\d+\.level_blocks\.\d+)\.model\.(\d+)\.1\.", lambda m: f"{m[1]}.upsample_block.{2 * int(m[2]) - 1}."),
+    (r"(bottleneck\.level_blocks\.\d+)\.k$", lambda m: f"{m[1]}.codebook"),
+]  # fmt: skip
+_ORIGINAL_RULES = [
+    (r"(encoders\.\d+\.level_blocks\.\d+)\.downsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
+     lambda m: f"{m[1]}.model.{int(m[2]) // 2}.1.model.{m[3]}.model.{2 * int(m[4]) - 1}."),
+    (r"(encoders\.\d+\.level_blocks\.\d+)\.downsample_block\.(\d+)\.", lambda m: f"{m[1]}.model.{int(m[2]) // 2}.0."),
+    (r"(decoders\.\d+\.level_blocks\.\d+)\.proj_in\.", lambda m: f"{m[1]}.model.0."),
+    (r"(decoders\.\d+\.level_blocks\.\d+)\.upsample_block\.(\d+)\.resnet_block\.(\d+)\.conv1d_([12])\.",
+     lambda m: f"{m[1]}.model.{int(m[2]) // 2 + 1}.0.model.{m[3]}.model.{2 * int(m[4]) - 1}."),
+    (r"(decoders\.\d+\.level_blocks\.\d+)\.upsample_block\.(\d+)\.",
+     lambda m: f"{m[1]}.model.{(int(m[2]) + 1) // 2}.1."),
+    (r"(bottleneck\.level_blocks\.\d+)\.codebook$", lambda m: f"{m[1]}.k"),
+]  # fmt: skip
+
+
+def _rename(key: str, rules: list) -> str:
+    for pattern, replace in rules:
+        renamed, count = re.subn(pattern, replace, key)
+        if count:
+            return renamed
+    return key
+
+
+def to_transformers_keys(state: dict[str, torch.Tensor], prefix: str = "vqvae.") -> dict[str, torch.Tensor]:
+    """Original Jukebox VQ-VAE keys -> transformers ``JukeboxModel`` keys."""
+    return {prefix + _rename(k, _TRANSFORMERS_RULES): v for k, v in state.items()}
+
+
+def from_transformers_keys(state: dict[str, torch.Tensor], prefix: str = "vqvae.") -> dict[str, torch.Tensor]:
+    """transformers ``JukeboxModel`` keys (those under ``prefix``) -> original Jukebox VQ-VAE keys.
+
+    The encoder's last conv (``proj_out``) takes the index after its ``downs_t`` stages, read off
+    the number of downsampling convs present for that stage.
+    """
+    picked = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    out = {}
+    for key, value in picked.items():
+        match = re.match(r"(encoders\.\d+\.level_blocks\.\d+)\.proj_out\.(weight|bias)$", key)
+        if match:
+            stage = match[1]
+            downs = sum(1 for k in picked if re.fullmatch(rf"{re.escape(stage)}\.downsample_block\.\d+\.weight", k))
+            out[f"{stage}.model.{downs}.{match[2]}"] = value
+        else:
+            out[_rename(key, _ORIGINAL_RULES)] = value
+    return out

@@ -130,3 +130,18 @@ def test_bad_options_are_rejected():
         SearchOptions(temperature=0)
     with pytest.raises(ValueError, match="windows, S"):
         search(make_priors(), random_counts(0).likelihood(), torch.zeros(5, dtype=torch.long))
+
+
+def test_an_empty_likelihood_leaves_the_priors_alone():
+    """Every step falls back: beam search then equals a search on the priors' outer sum."""
+    priors = make_priors(9)
+    empty = Counts(BINS)
+    mixture = torch.randint(0, BINS, (2, 8), generator=torch.Generator().manual_seed(9))
+    result = search(priors, empty.likelihood(), mixture, SearchOptions(beams=3))
+    assert result.fallback_steps.tolist() == [8, 8]
+    for w in range(2):
+        z1, z2, score = brute_force_beam(priors, empty, 3.0, mixture[w], 3)
+        assert torch.equal(result.tokens[0][w], z1) and torch.equal(result.tokens[1][w], z2)
+        assert float(result.scores[w]) == pytest.approx(score, abs=1e-5)
+    sampled = search(priors, empty.likelihood(), mixture, SearchOptions(method="sample", samples=2, top_k=3))
+    assert sampled.fallback_steps.tolist() == [8, 8] and torch.isfinite(sampled.scores).all()

@@ -1,0 +1,128 @@
+"""Audio in and out: decode any file to float32, mono, resample, cut into windows, write atomically.
+
+WAV/FLAC/OGG (and MP3 with a recent libsndfile) go through soundfile; everything else ffmpeg reads
+(M4A, AAC, ...) through pydub. Resampling uses a polyphase filter at the exact rational ratio of the
+two rates (44100 / 22050 = 2 / 1, 48000 -> 44100 = 147 / 160).
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+FORMATS = ("wav", "flac")
+BITS = ("16", "24", "32f")
+_SUBTYPES = {("wav", "16"): "PCM_16", ("wav", "24"): "PCM_24", ("wav", "32f"): "FLOAT",
+             ("flac", "16"): "PCM_16", ("flac", "24"): "PCM_24"}  # fmt: skip
+
+
+class AudioError(ValueError):
+    """An input that cannot be used: missing, undecodable, empty or not finite."""
+
+
+def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        from pydub import AudioSegment
+        from pydub.exceptions import CouldntDecodeError
+    except ImportError as exc:  # pragma: no cover - pydub is a dependency
+        raise AudioError(f"{path}: cannot decode ({exc})") from None
+    try:
+        segment = AudioSegment.from_file(path)
+    except (CouldntDecodeError, IndexError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and "ffmpeg" in str(exc) + str(exc.filename):
+            reason = "this format needs ffmpeg, which is not installed"
+        raise AudioError(f"{path}: cannot decode audio ({reason})") from None
+    samples = np.array(segment.get_array_of_samples(), dtype=np.float32)
+    scale = float(1 << (8 * segment.sample_width - 1))
+    channels = max(segment.channels, 1)
+    return (samples / scale).reshape(-1, channels).T, segment.frame_rate
+
+
+def load(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 ``(channels, samples)`` and its sample rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        audio = np.ascontiguousarray(data.T)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        audio, rate = _decode_with_ffmpeg(path)
+    if audio.size == 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: the audio contains non-finite samples (NaN or infinity)")
+    return audio.astype(np.float32, copy=False), int(rate)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Average the channels: (channels, samples) -> (samples,)."""
+    return audio.mean(axis=0, dtype=np.float32) if audio.ndim == 2 else audio.astype(np.float32, copy=False)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample along the last axis at the exact ratio; length ``ceil(n * to / from)``."""
+    if from_rate == to_rate:
+        return audio
+    ratio = Fraction(to_rate, from_rate)
+    return resample_poly(audio, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32, copy=False)
+
+
+def fit_length(audio: np.ndarray, length: int) -> np.ndarray:
+    """Trim or zero-pad the last axis to ``length`` samples."""
+    if audio.shape[-1] >= length:
+        return audio[..., :length]
+    return np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])])
+
+
+def to_windows(audio: np.ndarray, size: int) -> np.ndarray:
+    """Cut (samples,) into (W, size) windows, the last one zero-padded; at least one window."""
+    count = max(1, -(-len(audio) // size))
+    return fit_length(audio, count * size).reshape(count, size)
+
+
+def from_windows(windows: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of :func:`to_windows`: concatenate (W, size) and trim to ``length``."""
+    return windows.reshape(-1)[:length]
+
+
+def limit_peaks(stems: dict[str, np.ndarray], mode: str) -> dict[str, np.ndarray]:
+    """Keep samples within [-1, 1] for integer formats: ``rescale`` scales every stem of a file
+    by one common factor when any peak exceeds 1, ``clamp`` clips, ``none`` leaves them."""
+    if mode == "none":
+        return stems
+    if mode == "clamp":
+        return {name: np.clip(x, -1.0, 1.0) for name, x in stems.items()}
+    if mode != "rescale":
+        raise ValueError(f"clip mode must be rescale, clamp or none, got {mode!r}")
+    peak = max((float(np.abs(x).max()) for x in stems.values() if x.size), default=0.0)
+    return {name: x / peak for name, x in stems.items()} if peak > 1.0 else stems
+
+
+def save(path: str | Path, audio: np.ndarray, rate: int, fmt: str = "wav", bits: str = "16") -> None:
+    """Write mono (samples,) audio atomically: a hidden temp file in the same folder, then rename.
+
+    An existing file at ``path`` is replaced only once the new one is complete.
+    """
+    if (fmt, bits) not in _SUBTYPES:
+        raise ValueError(f"cannot write {bits}-bit {fmt} (choose wav 16/24/32f or flac 16/24)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        sf.write(partial, audio, rate, subtype=_SUBTYPES[fmt, bits], format=fmt.upper())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+__all__ = [
+    "AudioError", "BITS", "FORMATS", "fit_length", "from_windows", "limit_peaks", "load", "resample", "save",
+    "to_mono", "to_windows",
+]  # fmt: skip

@@ -1,0 +1,241 @@
+"""``lass separate`` over many inputs: output paths, resume, atomic writes, reports, progress.
+
+Per input, every stem is first written into a staging folder under ``--out`` and renamed into place
+only when all are complete; the report is written last and marks the input as done, so a rerun skips
+it (resume) and a killed run leaves no half-written stem.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import audio
+from .metrics import sdr, si_sdr
+from .registry import ModelSpec, get_model, is_present, load_registry
+from .report import build_report, write_json
+from .search import SearchOptions
+from .separate import Separator, pick_device
+
+PAPER_MODEL = "slakh-drums-bass"
+
+
+@dataclass
+class SeparateRequest:
+    """Everything ``lass separate`` was asked; field names follow the command's options."""
+
+    inputs: list[Path]
+    out_dir: str = "separated"
+    model: str | None = None
+    registries: tuple[str, ...] = ()
+    device: str = "auto"
+    sampler: str = "beam"
+    beams: int | None = None
+    samples: int = 16
+    top_k: int | None = None
+    temperature: float = 1.0
+    weight: float | None = None
+    seed: int = 0
+    fmt: str = "wav"
+    bits: str = "16"
+    template: str = "{track}/{stem}.{ext}"
+    clip_mode: str = "rescale"
+    references: tuple[str, ...] = ()
+    force: bool = False
+    as_json: bool = False
+    quiet: bool = False
+    notices: list[str] = field(default_factory=list)
+
+
+def choose_model(models: dict[str, ModelSpec], name: str | None) -> tuple[ModelSpec, str | None]:
+    """The named model, else the paper's model if all its files are here, else the first model whose
+    files are all present. Returns the model and a notice for stderr when it was chosen for the user."""
+    if name:
+        return get_model(models, name), None
+    paper = models.get(PAPER_MODEL)
+    if paper and all(is_present(paper, f) for f in paper.files):
+        return paper, f"using model {PAPER_MODEL}"
+    for spec in models.values():
+        if all(is_present(spec, f) for f in spec.files):
+            why = f"; {PAPER_MODEL} is not fetched (run `lass fetch {PAPER_MODEL}`)" if paper else ""
+            return spec, f"using model {spec.name}{why}"
+    raise ValueError(f"no model has all its files on this machine; run `lass fetch {PAPER_MODEL}`")
+
+
+def output_paths(request: SeparateRequest, spec: ModelSpec) -> list[dict[str, Path]]:
+    """Per input: stem -> path and 'report' -> path; raises if two inputs would share a path."""
+    out = Path(request.out_dir)
+    seen: dict[Path, Path] = {}
+    plans = []
+    for source in request.inputs:
+        names = {"track": source.stem, "trackext": source.suffix.lstrip(".")}
+        plan = {}
+        for stem, ext in [*((s, request.fmt) for s in spec.stems), ("report", "json")]:
+            try:
+                relative = request.template.format(stem=stem, ext=ext, **names)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"--filename {request.template!r} is not a valid template ({exc})") from None
+            path = (out / relative).resolve()
+            if path in seen:
+                raise ValueError(f"{source} and {seen[path]} would both write {path}; use --filename with {{trackext}}")
+            seen[path] = source
+            plan[stem] = path
+        plans.append(plan)
+    return plans
+
+
+def parse_references(request: SeparateRequest, stems: tuple[str, ...]) -> dict[str, Path]:
+    references = {}
+    for item in request.references:
+        stem, sep, path = item.partition("=")
+        if not sep or stem not in stems:
+            raise ValueError(f"--reference {item!r} must be STEM=PATH with STEM one of {', '.join(stems)}")
+        references[stem] = Path(path)
+    if references and len(request.inputs) != 1:
+        raise ValueError("--reference needs exactly one input")
+    return references
+
+
+class Progress:
+    """A rich progress display on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, files: int) -> None:
+        self._bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), transient=True)  # fmt: skip
+        self._bar.start()
+        self._files = self._bar.add_task("files", total=files)
+        self._steps = self._bar.add_task("tokens", total=None)
+
+    def start_file(self, name: str) -> None:
+        if self._bar:
+            self._bar.update(self._steps, description=f"{name}: tokens", completed=0, total=None)
+
+    def step(self, done: int, total: int) -> None:
+        if self._bar:
+            self._bar.update(self._steps, completed=done, total=total)
+
+    def end_file(self) -> None:
+        if self._bar:
+            self._bar.advance(self._files)
+
+    def close(self) -> None:
+        if self._bar:
+            self._bar.stop()
+
+
+def _notice(request: SeparateRequest, message: str) -> None:
+    request.notices.append(message)
+    if not request.quiet:
+        print(f"lass: {message}", file=sys.stderr)
+
+
+def _separate_one(
+    request: SeparateRequest, separator: Separator, options: SearchOptions, source: Path, plan: dict[str, Path],
+    references: dict[str, Path], progress: Progress,
+) -> dict[str, Any]:  # fmt: skip
+    mix, rate = audio.load(source)
+    stems, details = separator.separate(mix, rate, options, on_step=progress.step)
+    peaks = {stem: float(np.abs(x).max()) for stem, x in stems.items()}
+    written = audio.limit_peaks(stems, request.clip_mode)
+    metrics = {}
+    for stem, path in references.items():
+        reference, reference_rate = audio.load(path)
+        truth = audio.fit_length(audio.resample(audio.to_mono(reference), reference_rate, rate), len(stems[stem]))
+        metrics[stem] = {"sdr": round(sdr(truth, stems[stem]), 3), "si_sdr": round(si_sdr(truth, stems[stem]), 3)}
+    out_root = Path(request.out_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lass-partial-", dir=out_root))
+    placed: list[Path] = []
+    try:
+        for stem, x in written.items():
+            audio.save(staging / f"{stem}.{request.fmt}", x, rate, request.fmt, request.bits)
+        for stem in written:
+            plan[stem].parent.mkdir(parents=True, exist_ok=True)
+            (staging / f"{stem}.{request.fmt}").replace(plan[stem])
+            placed.append(plan[stem])
+    except BaseException:
+        for path in placed:  # all stems of an input or none
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report = build_report(
+        input={"path": str(source), "sample_rate": rate, "channels": int(mix.shape[0]), "samples": int(mix.shape[1]),
+               "duration_s": round(mix.shape[1] / rate, 4)},
+        model=separator.describe(),
+        settings={**asdict(options), "lambda": separator.likelihood.weight, "format": request.fmt,
+                  "bits": request.bits, "clip_mode": request.clip_mode},
+        device=str(separator.device),
+        dtype=str(separator.dtype).removeprefix("torch."),
+        outputs={stem: str(plan[stem]) for stem in written},
+        peaks=peaks,
+        **details,
+        metrics=metrics,
+    )  # fmt: skip
+    write_json(plan["report"], report)
+    return report
+
+
+def run_separate(request: SeparateRequest) -> dict[str, Any]:
+    """Separate every input; failures of one input are recorded and the others go on."""
+    models = load_registry(list(request.registries))
+    spec, notice = choose_model(models, request.model)
+    if notice:
+        _notice(request, notice)
+    plans = output_paths(request, spec)
+    references = parse_references(request, spec.stems)
+    device = pick_device(request.device)
+    beams = request.beams or (100 if device.type == "cuda" else 10)
+    options = SearchOptions(method=request.sampler, beams=beams, temperature=request.temperature,
+                            top_k=request.top_k, samples=request.samples, seed=request.seed)  # fmt: skip
+    separator = Separator.load(spec, device, weight=request.weight)
+    progress = Progress(sys.stderr.isatty() and not request.quiet and not request.as_json, len(request.inputs))
+    results = []
+    try:
+        for source, plan in zip(request.inputs, plans):
+            progress.start_file(source.name)
+            entry: dict[str, Any] = {"input": str(source), "report": str(plan["report"])}
+            started = time.perf_counter()
+            try:
+                existing = [p for p in plan.values() if p.exists()]
+                if plan["report"].exists() and not request.force:
+                    entry["status"] = "skipped"
+                elif existing and not request.force:
+                    raise FileExistsError(f"{existing[0]} exists (use --force to overwrite)")
+                else:
+                    report = _separate_one(request, separator, options, source, plan, references, progress)
+                    entry.update(status="done", outputs=report["outputs"], metrics=report["metrics"])
+            except (audio.AudioError, OSError, ValueError) as exc:
+                message = str(exc) if isinstance(exc, audio.AudioError) else f"{source}: {exc}"
+                entry.update(status="failed", error=message)
+                print(f"lass: error: {message}", file=sys.stderr)
+            entry["seconds"] = round(time.perf_counter() - started, 3)
+            results.append(entry)
+            progress.end_file()
+    finally:
+        progress.close()
+    failed = sum(r["status"] == "failed" for r in results)
+    return {
+        "ok": failed == 0,
+        "model": spec.name,
+        "device": str(device),
+        "done": sum(r["status"] == "done" for r in results),
+        "skipped": sum(r["status"] == "skipped" for r in results),
+        "failed": failed,
+        "inputs": results,
+    }
+
+
+__all__ = ["SeparateRequest", "choose_model", "run_separate"]

@@ -1,0 +1,205 @@
+"""File -> stems: the pipeline behind ``lass separate`` (and, later, ``lass evaluate``).
+
+read -> mono -> model rate -> y = mix / 2 -> windows -> encode (all windows in one batch) -> search
+-> decode each stem -> stitch -> input rate -> input length. The encoder sees half the mixture, as the
+likelihood was counted on ``y = (x1 + x2) / 2``; the decoded sources come back at the stems' own
+level, so the written stems add up to about the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import audio
+from .likelihood import Counts, Likelihood
+from .prior import Prior, PriorConfig
+from .registry import FileSpec, ModelSpec, require
+from .search import SearchOptions, search
+from .vqvae import VQVAE, VQVAEConfig, nearest_codes
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _random_vqvae(spec: FileSpec) -> VQVAE:
+    """Seeded weights, and codebook rows drawn from encoder outputs of noise (as Jukebox starts)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = VQVAE(VQVAEConfig(**spec.config))
+        latents = model.encoder_output(torch.randn(4, 16384) * 0.3)
+        rows = latents.permute(0, 2, 1).reshape(-1, latents.shape[1])
+        chosen = rows[torch.randperm(len(rows))[: model.config.l_bins]]
+        with torch.no_grad():
+            for codebook in model.bottleneck.level_blocks:
+                codebook.k.copy_(chosen + 0.01 * torch.randn_like(chosen))
+    return model
+
+
+def _random_prior(spec: FileSpec) -> Prior:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return Prior(PriorConfig(**spec.config))
+
+
+def _random_counts(spec: FileSpec, vqvae: VQVAE, level: int) -> Counts:
+    """Counts from pairs of seeded noise, encoded like real sources and their mixture."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    x1, x2 = (torch.randn(16, 8192, generator=generator) * 0.3 for _ in range(2))
+    counts = Counts(vqvae.config.l_bins)
+    codebook = vqvae.codebook(level)
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:
+        latents = vqvae.encoder_output(x, level)
+        return nearest_codes(latents.permute(0, 2, 1).reshape(-1, latents.shape[1]), codebook)
+
+    counts.add(tokens(x1), tokens(x2), tokens((x1 + x2) / 2))
+    return counts
+
+
+@dataclass
+class ModelParts:
+    """The loaded pieces of a model, each on the CPU in float32, and where its files came from."""
+
+    vqvae: VQVAE
+    priors: tuple[Prior, Prior]
+    counts: Counts
+    files: dict[str, dict[str, Any]]
+
+
+def load_parts(spec: ModelSpec) -> ModelParts:
+    """Load every file of ``spec`` (raises MissingFileError with the fix when one is absent)."""
+    paths = {f.role: require(spec, f) for f in spec.files}
+    files = {
+        role: {"path": str(p), "sha256": sha256_of(p), "bytes": p.stat().st_size} if p else {"generated": True}
+        for role, p in paths.items()
+    }
+    v = spec.vqvae
+    if v.format == "random":
+        vqvae = _random_vqvae(v)
+    else:
+        vqvae = VQVAE.from_checkpoint(paths["vqvae"], VQVAEConfig(**v.config) if v.config else None)
+    priors = []
+    for stem in spec.stems:
+        p = spec.priors[stem]
+        if p.format == "random":
+            priors.append(_random_prior(p))
+        else:
+            priors.append(Prior.from_checkpoint(paths[p.role], PriorConfig(**p.config) if p.config else None))
+    if spec.likelihood.format == "random":
+        counts = _random_counts(spec.likelihood, vqvae, spec.level)
+    else:
+        counts = Counts.load(paths["likelihood"])
+    if counts.bins != vqvae.config.l_bins or any(p.config.bins != counts.bins for p in priors):
+        raise ValueError(f"model {spec.name}: VQ-VAE, priors and likelihood disagree on the number of tokens")
+    return ModelParts(vqvae, (priors[0], priors[1]), counts, files)
+
+
+@dataclass
+class Separator:
+    """A model loaded and ready on its device: VQ-VAE, one prior per stem, the likelihood view."""
+
+    spec: ModelSpec
+    vqvae: VQVAE
+    priors: tuple[Prior, Prior]
+    likelihood: Likelihood
+    device: torch.device
+    dtype: torch.dtype
+    files: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(
+        cls, spec: ModelSpec, device: torch.device, dtype: torch.dtype | None = None, weight: float | None = None
+    ) -> Separator:
+        """Load ``spec`` onto ``device``; priors in ``dtype`` (default float16 on CUDA, float32 on CPU)."""
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        parts = load_parts(spec)
+        priors = tuple(p.to(device).set_compute_dtype(dtype) for p in parts.priors)
+        weight = spec.likelihood_weight if weight is None else weight
+        likelihood = parts.counts.likelihood(weight, device)
+        return cls(spec, parts.vqvae.to(device), priors, likelihood, device, dtype, parts.files)
+
+    @property
+    def window_samples(self) -> int:
+        return self.spec.window_tokens * self.vqvae.hop_length(self.spec.level)
+
+    def separate(
+        self,
+        mix: np.ndarray,
+        rate: int,
+        options: SearchOptions,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Separate one mixture, (channels, samples) at ``rate``, into mono stems at ``rate`` of the
+        input's length. Returns the stems and the report's ``windows`` and ``timings`` parts."""
+        started = time.perf_counter()
+        mono = audio.to_mono(mix)
+        y = audio.resample(mono, rate, self.spec.sample_rate) / 2
+        windows = audio.to_windows(y, self.window_samples)
+        batch = torch.from_numpy(windows).to(self.device)
+        level = self.spec.level
+        mixture_tokens = self.vqvae.encode(batch, level)
+        encoded = time.perf_counter()
+
+        def decode(tokens: torch.Tensor) -> torch.Tensor:
+            return self.vqvae.decode(tokens.to(self.device), level)
+
+        result = search(self.priors, self.likelihood, mixture_tokens, options, decode, batch, on_step=on_step)
+        searched = time.perf_counter()
+        stems = {}
+        for stem, tokens in zip(self.spec.stems, result.tokens):
+            decoded = decode(tokens).float().cpu().numpy()
+            at_model_rate = audio.from_windows(decoded, len(y))
+            stems[stem] = audio.fit_length(audio.resample(at_model_rate, self.spec.sample_rate, rate), len(mono))
+        finished = time.perf_counter()
+        duration = len(mono) / rate
+        details = {
+            "windows": {
+                "count": len(windows),
+                "tokens_per_window": int(mixture_tokens.shape[1]),
+                "samples_per_window": self.window_samples,
+                "scores": [round(float(s), 4) for s in result.scores.cpu()],
+                "likelihood_free_steps": [int(n) for n in result.fallback_steps.cpu()],
+            },
+            "timings": {
+                "encode_s": round(encoded - started, 4),
+                "search_s": round(searched - encoded, 4),
+                "decode_s": round(finished - searched, 4),
+                "total_s": round(finished - started, 4),
+                "real_time_factor": round((finished - started) / duration, 4) if duration else None,
+            },
+        }
+        return stems, details
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "sample_rate": self.spec.sample_rate,
+            "window_tokens": self.spec.window_tokens,
+            "stems": list(self.spec.stems),
+            "likelihood_weight": self.likelihood.weight,
+            "files": self.files,
+        }
+
+
+__all__ = ["ModelParts", "Separator", "load_parts", "pick_device", "sha256_of"]

@@ -1,0 +1,129 @@
+"""Audio I/O through the real decoders, resampling, windows, atomic writes."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lass_cli import audio
+
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (.ci/run installs it)"
+)
+
+
+def tone(rate: int, seconds: float, channels: int = 1, freqs=(220.0, 330.0)) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    rows = [0.3 * np.sin(2 * np.pi * freqs[c % len(freqs)] * t) for c in range(channels)]
+    return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype"), [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")]
+)
+def test_soundfile_formats_decode_to_float_channels_first(tmp_path, fmt, subtype):
+    signal = tone(44100, 0.5, channels=2)
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(path, signal.T, 44100, subtype=subtype, format=fmt)
+    data, rate = audio.load(path)
+    assert rate == 44100 and data.dtype == np.float32 and data.shape == signal.shape
+    tolerance = 0.05 if subtype == "VORBIS" else 1e-3
+    assert np.abs(data - signal).max() < tolerance
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("suffix", ["mp3", "m4a"])
+def test_ffmpeg_formats_decode(tmp_path, suffix):
+    from pydub import AudioSegment
+
+    signal = tone(48000, 1.0, channels=2)
+    pcm = (signal.T * 32767).astype(np.int16)
+    segment = AudioSegment(pcm.tobytes(), frame_rate=48000, sample_width=2, channels=2)
+    path = tmp_path / f"x.{suffix}"
+    segment.export(path, format="mp4" if suffix == "m4a" else suffix)
+    data, rate = audio.load(path)
+    assert rate == 48000 and data.shape[0] == 2
+    assert abs(data.shape[1] - 48000) < 3000  # encoders add padding
+    assert 0.15 < np.abs(data).max() < 0.45
+
+
+def test_bad_inputs_get_their_own_message(tmp_path):
+    with pytest.raises(audio.AudioError, match="no such file"):
+        audio.load(tmp_path / "absent.wav")
+    (tmp_path / "junk.wav").write_bytes(b"RIFF....WAVEjunk" * 10)
+    with pytest.raises(audio.AudioError, match="cannot decode"):
+        audio.load(tmp_path / "junk.wav")
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), 22050)
+    with pytest.raises(audio.AudioError, match="no audio samples"):
+        audio.load(tmp_path / "empty.wav")
+    bad = tone(22050, 0.1)
+    bad[0, 10] = np.nan
+    sf.write(tmp_path / "nan.wav", bad.T, 22050, subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match="non-finite"):
+        audio.load(tmp_path / "nan.wav")
+
+
+def test_mono_downmix_averages_channels():
+    stereo = np.array([[1.0, 0.5], [0.0, -0.5]], np.float32)
+    np.testing.assert_allclose(audio.to_mono(stereo), [0.5, 0.0])
+
+
+@pytest.mark.parametrize(("a", "b"), [(44100, 22050), (48000, 44100), (16000, 22050)])
+def test_resample_round_trip_keeps_a_band_limited_signal(a, b):
+    rng = np.random.default_rng(0)
+    t = np.arange(a * 2) / a
+    limit = 0.35 * min(a, b)
+    signal = sum(np.sin(2 * np.pi * f * t + p) for f, p in zip(rng.uniform(50, limit, 12), rng.uniform(0, 6, 12)))
+    signal = (0.05 * signal).astype(np.float32)
+    there = audio.resample(signal, a, b)
+    assert len(there) == int(np.ceil(len(signal) * b / a))
+    back = audio.fit_length(audio.resample(there, b, a), len(signal))
+    inner = slice(a // 10, -a // 10)  # the filter's edges
+    error_db = 10 * np.log10(np.sum((back - signal)[inner] ** 2) / np.sum(signal[inner] ** 2))
+    assert error_db < -40
+
+
+@pytest.mark.parametrize("length", [1, 99, 100, 101, 1000, 12345])
+def test_windows_stitch_back_exactly(length):
+    x = np.random.default_rng(length).standard_normal(length).astype(np.float32)
+    windows = audio.to_windows(x, 100)
+    assert windows.shape == (max(1, -(-length // 100)), 100)
+    assert np.all(windows.reshape(-1)[length:] == 0)
+    np.testing.assert_array_equal(audio.from_windows(windows, length), x)
+
+
+def test_peak_limiting_modes():
+    stems = {"a": np.array([0.5, -2.0], np.float32), "b": np.array([1.0, 0.25], np.float32)}
+    rescaled = audio.limit_peaks(stems, "rescale")
+    np.testing.assert_allclose(rescaled["a"], [0.25, -1.0])
+    np.testing.assert_allclose(rescaled["b"], [0.5, 0.125])  # one common factor keeps the balance
+    np.testing.assert_allclose(audio.limit_peaks(stems, "clamp")["a"], [0.5, -1.0])
+    assert audio.limit_peaks(stems, "none") is stems
+
+
+@pytest.mark.parametrize(
+    ("fmt", "bits", "subtype"),
+    [("wav", "16", "PCM_16"), ("wav", "24", "PCM_24"), ("wav", "32f", "FLOAT"), ("flac", "24", "PCM_24")],
+)
+def test_save_writes_the_asked_format_atomically(tmp_path, fmt, bits, subtype):
+    x = tone(22050, 0.2)[0]
+    path = tmp_path / "sub" / f"stem.{fmt}"
+    audio.save(path, x, 22050, fmt, bits)
+    info = sf.info(path)
+    assert info.subtype == subtype and info.samplerate == 22050 and info.frames == len(x)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    path = tmp_path / "stem.flac"
+    audio.save(path, tone(22050, 0.1)[0], 22050, "flac", "16")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="cannot write"):
+        audio.save(path, tone(22050, 0.1)[0], 22050, "flac", "32f")
+    with pytest.raises(sf.LibsndfileError):
+        audio.save(path, tone(22050, 0.1)[0], 0, "flac", "16")  # invalid rate fails inside the writer
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stem.flac"]
