@@ -113,6 +113,12 @@ def main() -> None:
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--lambda", "weight", type=float, default=None, help="Likelihood weight (model default, 3 upstream).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--batch-windows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Windows searched at once (default: as many as fit in half the free memory).",
+)
 @click.option("--format", "fmt", type=click.Choice(["wav", "flac"]), default="wav", show_default=True)
 @click.option("--bits", type=click.Choice(["16", "24", "32f"]), default="16", show_default=True)
 @click.option(

@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class SeparateRequest:
     temperature: float = 1.0
     weight: float | None = None
     seed: int = 0
+    batch_windows: int | None = None
     fmt: str = "wav"
     bits: str = "16"
     template: str = "{track}/{stem}.{ext}"
@@ -51,7 +52,6 @@ class SeparateRequest:
     force: bool = False
     as_json: bool = False
     quiet: bool = False
-    notices: list[str] = field(default_factory=list)
 
 
 def choose_model(models: dict[str, ModelSpec], name: str | None) -> tuple[ModelSpec, str | None]:
@@ -136,7 +136,6 @@ class Progress:
 
 
 def _notice(request: SeparateRequest, message: str) -> None:
-    request.notices.append(message)
     if not request.quiet:
         print(f"lass: {message}", file=sys.stderr)
 
@@ -146,7 +145,7 @@ def _separate_one(
     references: dict[str, Path], progress: Progress,
 ) -> dict[str, Any]:  # fmt: skip
     mix, rate = audio.load(source)
-    stems, details = separator.separate(mix, rate, options, on_step=progress.step)
+    stems, details = separator.separate(mix, rate, options, progress.step, request.batch_windows)
     peaks = {stem: float(np.abs(x).max()) for stem, x in stems.items()}
     written = audio.limit_peaks(stems, request.clip_mode)
     metrics = {}

@@ -290,6 +290,16 @@ class PriorCache:
         self._rows_arange = torch.arange(capacity, device=device)
         self._flat_index: dict[int, torch.Tensor | None] = {}
 
+    @staticmethod
+    def bytes_per_row(config: PriorConfig, max_len: int, dtype: torch.dtype) -> int:
+        """Memory one row of a cache takes (keys, values, gather buffers, ancestry)."""
+        bc = config.block_ctx
+        kinds = [config.layer_kind(d) for d in range(config.prior_depth)]
+        kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
+        longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
+        positions = sum(kinds.count(k) * kept[k] + longest[k] for k in kept)
+        return positions * 2 * config.n_state * torch.finfo(dtype).bits // 8 + 2 * max_len * 8
+
     def nbytes(self) -> int:
         tensors = [*self._stores.values(), *self._gathered.values(), self._ancestry, self._spare_ancestry]
         return sum(t.numel() * t.element_size() for t in tensors)

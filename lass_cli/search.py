@@ -86,6 +86,24 @@ def _pad_to(scores: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(scores, (0, missing), value=float("-inf")) if missing > 0 else scores
 
 
+def _select(cum: torch.Tensor, post: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``keep`` best ``cum[w, r] + post[w, r, j]`` per window: cum (W, R) float64, post (W, R, N).
+
+    Prefix scores reach -10^4 over a window, where float32 steps are 10^-3, coarser than the gaps
+    between candidates; so the ranking uses float32 offsets from each window's best prefix and the
+    kept totals are accumulated in float64. Returns the new totals (W, keep) float64, the parent row
+    and the candidate column (-inf totals where fewer than ``keep`` candidates exist).
+    """
+    windows, rows, n = post.shape
+    base = (cum - cum.max(dim=1, keepdim=True).values).float()
+    ranking = _pad_to((base[:, :, None] + post).view(windows, rows * n), keep)
+    values, index = ranking.topk(keep, dim=1)
+    index = index.clamp_(max=rows * n - 1)
+    parent = index // n
+    total = cum.gather(1, parent) + post.view(windows, -1).gather(1, index).double()
+    return torch.where(torch.isfinite(values), total, float("-inf")), parent, index % n
+
+
 def _best_pairs(
     cum: torch.Tensor,
     lp1: torch.Tensor,
@@ -95,17 +113,15 @@ def _best_pairs(
 ) -> tuple[torch.Tensor, ...]:
     """The ``keep`` best (prefix score + posterior) over all rows x candidate pairs of each window.
 
-    cum (W, R), lp (W, R, K), candidates (W, N). Returns scores, parent row, z1, z2, each (W, keep).
+    cum (W, R), lp (W, R, K), candidates (W, N). Returns totals, parent row, z1, z2, each (W, keep).
     """
     z1, z2, ll = candidates
     windows, rows = cum.shape
     n = z1.shape[1]
-    scores = cum[:, :, None] + ll[:, None, :]
-    scores = scores + lp1.gather(2, z1[:, None, :].expand(windows, rows, n))
-    scores = scores + lp2.gather(2, z2[:, None, :].expand(windows, rows, n))
-    values, index = _pad_to(scores.view(windows, rows * n), keep).topk(keep, dim=1)
-    parent, column = (index // n).clamp_(max=rows - 1), index % n
-    return values, parent, z1.gather(1, column), z2.gather(1, column)
+    post = ll[:, None, :] + lp1.gather(2, z1[:, None, :].expand(windows, rows, n))
+    post = post + lp2.gather(2, z2[:, None, :].expand(windows, rows, n))
+    total, parent, column = _select(cum, post, keep)
+    return total, parent, z1.gather(1, column), z2.gather(1, column)
 
 
 def _best_pairs_from_priors(
@@ -117,13 +133,12 @@ def _best_pairs_from_priors(
     c = min(keep, bins)
     v1, i1 = lp1.topk(c, dim=2)
     v2, i2 = lp2.topk(c, dim=2)
-    scores = cum[:, :, None, None] + v1[..., :, None] + v2[..., None, :]
-    values, index = _pad_to(scores.view(windows, -1), keep).topk(keep, dim=1)
-    index = index.clamp_(max=rows * c * c - 1)
-    parent, a, b = index // (c * c), (index // c) % c, index % c
+    post = (v1[..., :, None] + v2[..., None, :]).view(windows, rows, c * c)
+    total, parent, column = _select(cum, post, keep)
+    a, b = column // c, column % c
     z1 = i1.view(windows, rows * c).gather(1, parent * c + a)
     z2 = i2.view(windows, rows * c).gather(1, parent * c + b)
-    return values, parent, z1, z2
+    return total, parent, z1, z2
 
 
 def beam_search(
@@ -146,7 +161,7 @@ def beam_search(
     widths = entries.max(0).values.tolist() if windows else []
     fallback = entries == 0
     caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
-    cum = torch.zeros(windows, 1, device=device)
+    cum = torch.zeros(windows, 1, device=device, dtype=torch.float64)
     parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
     chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
@@ -220,7 +235,7 @@ def sample_search(
     generator = torch.Generator(device=device).manual_seed(options.seed)
     caches = [prior.new_cache(rows=windows * n, max_len=length) for prior in priors]
     tokens = torch.zeros(2, windows, n, length, dtype=torch.long, device=device)
-    cum = torch.zeros(windows, n, device=device)
+    cum = torch.zeros(windows, n, device=device, dtype=torch.float64)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
     for t in range(length):
         lp1, lp2 = (
@@ -243,7 +258,7 @@ def sample_search(
             alone = lp1.gather(2, a1[..., None])[..., 0] + lp2.gather(2, a2[..., None])[..., 0]
             use = step_fallback.to(device)[:, None]
             z1, z2, score = torch.where(use, a1, z1), torch.where(use, a2, z2), torch.where(use, alone, score)
-        cum += score
+        cum += score.double()
         tokens[0, :, :, t], tokens[1, :, :, t] = z1, z2
         previous = (z1.reshape(-1), z2.reshape(-1))
         if on_step is not None:

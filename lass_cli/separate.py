@@ -20,10 +20,25 @@ import torch
 
 from . import audio
 from .likelihood import Counts, Likelihood
-from .prior import Prior, PriorConfig
+from .prior import Prior, PriorCache, PriorConfig
 from .registry import FileSpec, ModelSpec, require
 from .search import SearchOptions, search
 from .vqvae import VQVAE, VQVAEConfig, nearest_codes
+
+# Windows per VQ-VAE call: its activations for one 3 s window are tens of MB.
+_CODER_BATCH = 8
+
+
+def _available_memory() -> int:
+    """Bytes of memory available now (Linux /proc/meminfo), 8 GiB where that cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -143,50 +158,81 @@ class Separator:
     def window_samples(self) -> int:
         return self.spec.window_tokens * self.vqvae.hop_length(self.spec.level)
 
+    def default_batch_windows(self, options: SearchOptions) -> int:
+        """How many windows to search at once: the priors' caches for all their rows (windows x
+        beams, or x samples) may take half of the memory available now."""
+        if self.device.type == "cuda":
+            available = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            available = _available_memory()
+        rows = options.samples if options.method == "sample" else options.beams
+        per_row = sum(PriorCache.bytes_per_row(p.config, self.spec.window_tokens, self.dtype) for p in self.priors)
+        return max(1, int(available * 0.5) // (rows * per_row))
+
+    def _encode(self, windows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.vqvae.encode(chunk, self.spec.level) for chunk in windows.split(_CODER_BATCH)])
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device)
+        return torch.cat([self.vqvae.decode(chunk, self.spec.level) for chunk in tokens.split(_CODER_BATCH)])
+
     def separate(
         self,
         mix: np.ndarray,
         rate: int,
         options: SearchOptions,
         on_step: Callable[[int, int], None] | None = None,
+        batch_windows: int | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Separate one mixture, (channels, samples) at ``rate``, into mono stems at ``rate`` of the
-        input's length. Returns the stems and the report's ``windows`` and ``timings`` parts."""
-        started = time.perf_counter()
+        input's length. Windows are searched ``batch_windows`` at a time (default: as many as fit
+        in memory), so memory depends on that batch, not on the file's length. Returns the stems
+        and the report's ``windows`` and ``timings`` parts."""
         mono = audio.to_mono(mix)
         y = audio.resample(mono, rate, self.spec.sample_rate) / 2
         windows = audio.to_windows(y, self.window_samples)
-        batch = torch.from_numpy(windows).to(self.device)
-        level = self.spec.level
-        mixture_tokens = self.vqvae.encode(batch, level)
-        encoded = time.perf_counter()
+        group = batch_windows or self.default_batch_windows(options)
+        steps, batches = self.spec.window_tokens, -(-len(windows) // group)
+        decoded: dict[str, list[np.ndarray]] = {stem: [] for stem in self.spec.stems}
+        scores, free_steps, seconds = [], [], {"encode_s": 0.0, "search_s": 0.0, "decode_s": 0.0}
+        for index, start in enumerate(range(0, len(windows), group)):
+            clock = time.perf_counter()
+            batch = torch.from_numpy(windows[start : start + group]).to(self.device)
+            mixture_tokens = self._encode(batch)
+            seconds["encode_s"] += time.perf_counter() - clock
 
-        def decode(tokens: torch.Tensor) -> torch.Tensor:
-            return self.vqvae.decode(tokens.to(self.device), level)
+            def progress(done: int, total: int, offset: int = index * steps) -> None:
+                if on_step is not None:
+                    on_step(offset + done, batches * total)
 
-        result = search(self.priors, self.likelihood, mixture_tokens, options, decode, batch, on_step=on_step)
-        searched = time.perf_counter()
+            clock = time.perf_counter()
+            result = search(self.priors, self.likelihood, mixture_tokens, options, self._decode, batch, progress)
+            seconds["search_s"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            for stem, tokens in zip(self.spec.stems, result.tokens):
+                decoded[stem].append(self._decode(tokens).float().cpu().numpy())
+            seconds["decode_s"] += time.perf_counter() - clock
+            scores += [round(float(s), 4) for s in result.scores.cpu()]
+            free_steps += [int(n) for n in result.fallback_steps.cpu()]
         stems = {}
-        for stem, tokens in zip(self.spec.stems, result.tokens):
-            decoded = decode(tokens).float().cpu().numpy()
-            at_model_rate = audio.from_windows(decoded, len(y))
+        for stem, parts in decoded.items():
+            at_model_rate = audio.from_windows(np.concatenate(parts), len(y))
             stems[stem] = audio.fit_length(audio.resample(at_model_rate, self.spec.sample_rate, rate), len(mono))
-        finished = time.perf_counter()
+        total = sum(seconds.values())
         duration = len(mono) / rate
         details = {
             "windows": {
                 "count": len(windows),
-                "tokens_per_window": int(mixture_tokens.shape[1]),
+                "tokens_per_window": steps,
                 "samples_per_window": self.window_samples,
-                "scores": [round(float(s), 4) for s in result.scores.cpu()],
-                "likelihood_free_steps": [int(n) for n in result.fallback_steps.cpu()],
+                "batch_windows": group,
+                "scores": scores,
+                "likelihood_free_steps": free_steps,
             },
             "timings": {
-                "encode_s": round(encoded - started, 4),
-                "search_s": round(searched - encoded, 4),
-                "decode_s": round(finished - searched, 4),
-                "total_s": round(finished - started, 4),
-                "real_time_factor": round((finished - started) / duration, 4) if duration else None,
+                **{k: round(v, 4) for k, v in seconds.items()},
+                "total_s": round(total, 4),
+                "real_time_factor": round(total / duration, 4) if duration else None,
             },
         }
         return stems, details

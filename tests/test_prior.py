@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lass_cli.checkpoint import CheckpointError
-from lass_cli.prior import Prior, PriorConfig
+from lass_cli.prior import Prior, PriorCache, PriorConfig
 
 from .conftest import SMALL, fixture_keys, jukebox_fixture, random_prior
 
@@ -212,3 +212,12 @@ def test_cuda_matches_cpu(prior_reference, dtype):
     logits = run_incremental(prior, torch.from_numpy(prior_reference["tokens"]).cuda()).cpu()
     tolerance = ATOL if dtype == torch.float32 else 0.1
     assert np.abs(logits.numpy() - prior_reference["inc_logits"]).max() <= tolerance
+
+
+def test_cache_size_is_known_before_allocating():
+    prior = random_prior()
+    for max_len in (5, 12, 30, 48):
+        for dtype in (torch.float32, torch.float16):
+            prior.set_compute_dtype(dtype)
+            cache = prior.new_cache(rows=1, max_len=max_len)
+            assert PriorCache.bytes_per_row(prior.config, max_len, dtype) == cache.nbytes()
