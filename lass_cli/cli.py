@@ -38,6 +38,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .hub import FetchError
     from .likelihood import LikelihoodFileError
+    from .metrics import MissingDependency
     from .registry import MissingFileError, RegistryError
 
     return (
@@ -45,6 +46,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         FetchError,
         LikelihoodFileError,
+        MissingDependency,
         MissingFileError,
         RegistryError,
         ValueError,
@@ -86,6 +88,42 @@ def main() -> None:
     """Separate drums and bass from music with Latent Autoregressive Source Separation."""
 
 
+class DefaultGroup(click.Group):
+    """A group whose first word is a subcommand if it names one, else the arguments of ``run``
+    (so that ``lass evaluate ROOT ...`` and ``lass evaluate merge OUT PARTS...`` both work)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+search_options = [
+    click.option("-n", "--model", default=None, help="Model name (see `lass models`)."),
+    registry_option,
+    click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
+    click.option("--sampler", type=click.Choice(["beam", "greedy", "sample"]), default="beam", show_default=True),
+    click.option("--beams", type=click.IntRange(min=1), default=None, help="Beam width B (default 100; 10 on CPU)."),
+    click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
+                 help="Candidates per window for --sampler sample."),
+    click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sampling: keep the k best pairs per step."),
+    click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+    click.option("--lambda", "weight", type=float, default=None, help="Likelihood weight (model default, 3 upstream)."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--batch-windows", type=click.IntRange(min=1), default=None,
+                 help="Windows searched at once (default: as many as fit in half the free memory)."),
+]  # fmt: skip
+
+
+def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -97,28 +135,7 @@ def main() -> None:
     show_default=True,
     help="Folder the stems are written to.",
 )
-@click.option("-n", "--model", default=None, help="Model name (see `lass models`).")
-@registry_option
-@click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--sampler", type=click.Choice(["beam", "greedy", "sample"]), default="beam", show_default=True)
-@click.option("--beams", type=click.IntRange(min=1), default=None, help="Beam width B (default 100; 10 on CPU).")
-@click.option(
-    "--samples",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Candidates per window for --sampler sample.",
-)
-@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sampling: keep the k best pairs per step.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--lambda", "weight", type=float, default=None, help="Likelihood weight (model default, 3 upstream).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--batch-windows",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Windows searched at once (default: as many as fit in half the free memory).",
-)
+@with_options(search_options)
 @click.option("--format", "fmt", type=click.Choice(["wav", "flac"]), default="wav", show_default=True)
 @click.option("--bits", type=click.Choice(["16", "24", "32f"]), default="16", show_default=True)
 @click.option(
@@ -161,6 +178,140 @@ def separate(inputs: tuple[str, ...], **options: Any) -> None:
         click.echo(json.dumps(summary, indent=2))
     if not summary["ok"]:
         sys.exit(EXIT_FAILED)
+
+
+@main.group(cls=DefaultGroup)
+def evaluate() -> None:
+    """Run the paper's protocol on a Slakh2100 folder (`lass evaluate ROOT`), or merge shard
+    reports (`lass evaluate merge OUT PARTS...`)."""
+
+
+@evaluate.command("run")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("-o", "--out", default="evaluation.json", show_default=True, help="The JSON report.")
+@click.option("--split", default="test", show_default=True, help="Slakh split folder (train, validation, test).")
+@click.option("--num-mixtures", type=click.IntRange(min=1), default=450, show_default=True)
+@click.option("--shard", default="0/1", show_default=True, help="i/n: evaluate rows k with k % n == i.")
+@click.option("--resume", is_flag=True, help="Continue a partial report, skipping its rows.")
+@click.option("-f", "--force", is_flag=True, help="Start again over an existing report.")
+@click.option(
+    "--save-audio",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write each row's mixture, estimates, references and oracle as float WAV here.",
+)
+@with_options(search_options)
+@click.option("--json", "as_json", is_flag=True, help="Print the aggregates as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True)
+@one_line_errors
+def evaluate_run(root: str, as_json: bool, **options: Any) -> None:
+    """Separate N seeded chunks of ROOT and report SDR / SI-SDR with the mixture and oracle baselines."""
+    from .evaluate import EvaluateRequest, run_evaluate
+    from .jobs import TaskProgress
+
+    request = EvaluateRequest(root=root, **options)
+    progress = TaskProgress(sys.stderr.isatty() and not request.quiet and not as_json, "mixtures")
+    try:
+        report = run_evaluate(request, progress)
+    finally:
+        progress.close()
+    _summarise(report, as_json, request.quiet)
+
+
+@evaluate.command("merge")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+@one_line_errors
+def evaluate_merge(out: str, parts: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Join shard reports of one evaluation into OUT."""
+    from .evaluate import merge_reports
+
+    _summarise(merge_reports(out, list(parts)), as_json, quiet)
+
+
+def _summarise(report: dict[str, Any], as_json: bool, quiet: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"rows": len(report["rows"]), "aggregates": report["aggregates"]}, indent=2))
+        return
+    if quiet:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(report['rows'])} mixtures, mean (median) in dB")
+    table.add_column("method")
+    names = [n for n in report["aggregates"]["lass"]]
+    for name in names:
+        for metric in ("sdr", "si_sdr"):
+            table.add_column(f"{name} {metric.replace('_', '-').upper()}", justify="right")
+    for method, stats in report["aggregates"].items():
+        cells = []
+        for name in names:
+            for metric in ("sdr", "si_sdr"):
+                s = stats[name][metric]
+                cells.append("-" if s["mean"] is None else f"{s['mean']:.2f} ({s['median']:.2f})")
+        table.add_row(method, *cells)
+    Console(stderr=True).print(table)
+
+
+@main.group("count-likelihood", cls=DefaultGroup)
+def count_likelihood() -> None:
+    """Count the likelihood tensor from a Slakh folder (`lass count-likelihood ROOT --out F`), or merge
+    count files (`lass count-likelihood merge OUT PARTS...`)."""
+
+
+@count_likelihood.command("run")
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Counts file (.npz).")
+@click.option("-n", "--model", default=None, help="Model whose VQ-VAE encodes the chunks.")
+@registry_option
+@click.option("--split", default="train", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Pairs per batch.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--shard", default="0/1", show_default=True, help="i/n: count pairs p with p % n == i.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.resume.npz.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Batches.")
+@click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
+@click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.option("-q", "--quiet", is_flag=True)
+@one_line_errors
+def count_run(root: str, as_json: bool, **options: Any) -> None:
+    """Encode pairs of stem chunks and their mixture; count every token triple (both orders)."""
+    from .counting import CountRequest, run_count
+    from .jobs import TaskProgress
+
+    request = CountRequest(root=root, **options)
+    progress = TaskProgress(sys.stderr.isatty() and not request.quiet and not as_json, "batches")
+    try:
+        counts = run_count(request, progress)
+    finally:
+        progress.close()
+    _print_counts(counts.summary(), as_json, request.quiet)
+
+
+@count_likelihood.command("merge")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("-f", "--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def count_merge(out: str, parts: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Sum count files (e.g. shards) into OUT."""
+    from .counting import merge_counts
+
+    _print_counts(merge_counts(out, list(parts), force).summary(), as_json, False)
+
+
+def _print_counts(summary: dict[str, Any], as_json: bool, quiet: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary))
+    elif not quiet:
+        click.echo(f"K = {summary['bins']}, nonzeros = {summary['nnz']:,}, density = {100 * summary['density']:.4f} %, "
+                   f"observations = {summary['observations']:,}")  # fmt: skip
 
 
 @main.command()

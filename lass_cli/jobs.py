@@ -135,6 +135,31 @@ class Progress:
             self._bar.stop()
 
 
+class TaskProgress:
+    """A rich progress bar with ETA over a batch job's items, on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool, description: str) -> None:
+        self._bar, self._description = None, description
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=True)  # fmt: skip
+
+    def start(self, total: int, done: int) -> None:
+        if self._bar:
+            self._bar.start()
+            self._task = self._bar.add_task(self._description, total=total, completed=done)
+
+    def advance(self, count: int) -> None:
+        if self._bar:
+            self._bar.advance(self._task, count)
+
+    def close(self) -> None:
+        if self._bar:
+            self._bar.stop()
+
+
 def _notice(request: SeparateRequest, message: str) -> None:
     if not request.quiet:
         print(f"lass: {message}", file=sys.stderr)
@@ -237,4 +262,4 @@ def run_separate(request: SeparateRequest) -> dict[str, Any]:
     }
 
 
-__all__ = ["SeparateRequest", "choose_model", "run_separate"]
+__all__ = ["SeparateRequest", "TaskProgress", "choose_model", "run_separate"]

@@ -102,6 +102,14 @@ class ModelParts:
     files: dict[str, dict[str, Any]]
 
 
+def load_vqvae(spec: ModelSpec) -> VQVAE:
+    """The model's VQ-VAE alone (counting needs no priors and no likelihood)."""
+    v = spec.vqvae
+    if v.format == "random":
+        return _random_vqvae(v)
+    return VQVAE.from_checkpoint(require(spec, v), VQVAEConfig(**v.config) if v.config else None)
+
+
 def load_parts(spec: ModelSpec) -> ModelParts:
     """Load every file of ``spec`` (raises MissingFileError with the fix when one is absent)."""
     paths = {f.role: require(spec, f) for f in spec.files}
@@ -109,11 +117,7 @@ def load_parts(spec: ModelSpec) -> ModelParts:
         role: {"path": str(p), "sha256": sha256_of(p), "bytes": p.stat().st_size} if p else {"generated": True}
         for role, p in paths.items()
     }
-    v = spec.vqvae
-    if v.format == "random":
-        vqvae = _random_vqvae(v)
-    else:
-        vqvae = VQVAE.from_checkpoint(paths["vqvae"], VQVAEConfig(**v.config) if v.config else None)
+    vqvae = load_vqvae(spec)
     priors = []
     for stem in spec.stems:
         p = spec.priors[stem]
@@ -169,10 +173,10 @@ class Separator:
         per_row = sum(PriorCache.bytes_per_row(p.config, self.spec.window_tokens, self.dtype) for p in self.priors)
         return max(1, int(available * 0.5) // (rows * per_row))
 
-    def _encode(self, windows: torch.Tensor) -> torch.Tensor:
+    def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.vqvae.encode(chunk, self.spec.level) for chunk in windows.split(_CODER_BATCH)])
 
-    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device)
         return torch.cat([self.vqvae.decode(chunk, self.spec.level) for chunk in tokens.split(_CODER_BATCH)])
 
@@ -198,7 +202,7 @@ class Separator:
         for index, start in enumerate(range(0, len(windows), group)):
             clock = time.perf_counter()
             batch = torch.from_numpy(windows[start : start + group]).to(self.device)
-            mixture_tokens = self._encode(batch)
+            mixture_tokens = self.encode_windows(batch)
             seconds["encode_s"] += time.perf_counter() - clock
 
             def progress(done: int, total: int, offset: int = index * steps) -> None:
@@ -206,11 +210,11 @@ class Separator:
                     on_step(offset + done, batches * total)
 
             clock = time.perf_counter()
-            result = search(self.priors, self.likelihood, mixture_tokens, options, self._decode, batch, progress)
+            result = search(self.priors, self.likelihood, mixture_tokens, options, self.decode_tokens, batch, progress)
             seconds["search_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
             for stem, tokens in zip(self.spec.stems, result.tokens):
-                decoded[stem].append(self._decode(tokens).float().cpu().numpy())
+                decoded[stem].append(self.decode_tokens(tokens).float().cpu().numpy())
             seconds["decode_s"] += time.perf_counter() - clock
             scores += [round(float(s), 4) for s in result.scores.cpu()]
             free_steps += [int(n) for n in result.fallback_steps.cpu()]
@@ -248,4 +252,4 @@ class Separator:
         }
 
 
-__all__ = ["ModelParts", "Separator", "load_parts", "pick_device", "sha256_of"]
+__all__ = ["ModelParts", "Separator", "load_parts", "load_vqvae", "pick_device", "sha256_of"]
