@@ -40,6 +40,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .likelihood import LikelihoodFileError
     from .metrics import MissingDependency
     from .registry import MissingFileError, RegistryError
+    from .synth import SynthError
 
     return (
         AudioError,
@@ -49,6 +50,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         MissingDependency,
         MissingFileError,
         RegistryError,
+        SynthError,
         ValueError,
         OSError,
     )
@@ -312,6 +314,31 @@ def _print_counts(summary: dict[str, Any], as_json: bool, quiet: bool) -> None:
     elif not quiet:
         click.echo(f"K = {summary['bins']}, nonzeros = {summary['nnz']:,}, density = {100 * summary['density']:.4f} %, "
                    f"observations = {summary['observations']:,}")  # fmt: skip
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--tracks", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", type=click.Choice(["train", "validation", "test"]), default="train", show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True)
+@click.option("--rate", type=click.IntRange(min=8000), default=22050, show_default=True)
+@click.option("--soundfont", default=None, help="Default: FluidR3_GM (train, validation), TimGM6mb (test).")
+@click.option("-q", "--quiet", is_flag=True)
+@one_line_errors
+def synth(out_dir: str, tracks: int, seed: int, split: str, seconds: float, rate: int, soundfont: str | None,
+          quiet: bool) -> None:  # fmt: skip
+    """Render drums + bass tracks from generated MIDI into OUT_DIR/<split>/ in the Slakh2100 layout."""
+    from .jobs import TaskProgress
+    from .synth import synth as render_tracks
+
+    progress = TaskProgress(sys.stderr.isatty() and not quiet, "tracks")
+    try:
+        folders = render_tracks(out_dir, tracks, seed, split, seconds, rate, soundfont, progress)
+    finally:
+        progress.close()
+    if not quiet:
+        click.echo(f"{len(folders)} tracks in {Path(out_dir) / split}")
 
 
 @main.command()
