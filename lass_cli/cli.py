@@ -341,6 +341,61 @@ def synth(out_dir: str, tracks: int, seed: int, split: str, seconds: float, rate
         click.echo(f"{len(folders)} tracks in {Path(out_dir) / split}")
 
 
+@main.group("train")
+def train_group() -> None:
+    """Train our own VQ-VAE (`lass train vqvae`) and priors (`lass train prior`) on Slakh-layout data."""
+
+
+train_options = [
+    click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Run folder."),
+    click.option("--preset", type=click.Choice(["small", "tiny"]), default="small", show_default=True),
+    click.option("--split", default="train", show_default=True),
+    click.option("--val", type=click.Path(file_okay=False), default=None, help="Held-out Slakh-layout root (test/)."),
+    click.option("--steps", type=click.IntRange(min=1), default=10000, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+    click.option("--lr", type=float, default=3e-4, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True),
+    click.option("--resume", is_flag=True, help="Continue from OUT/train_state.pt."),
+    click.option("--threads", type=click.IntRange(min=1), default=None),
+    click.option("-q", "--quiet", is_flag=True),
+]
+
+
+def _train(what: str, data: str, quiet: bool, **options: Any) -> None:
+    from .jobs import TaskProgress
+    from .train import TrainRequest, train
+
+    progress = TaskProgress(sys.stderr.isatty() and not quiet, "steps")
+    try:
+        target = train(TrainRequest(what=what, data=data, **options), progress)
+    finally:
+        progress.close()
+    if not quiet:
+        click.echo(str(target))
+
+
+@train_group.command("vqvae")
+@click.argument("data", type=click.Path(file_okay=False))
+@click.option("--segment", type=click.IntRange(min=256), default=16384, show_default=True, help="Samples per example.")
+@with_options(train_options)
+@one_line_errors
+def train_vqvae(data: str, quiet: bool, **options: Any) -> None:
+    """Train a VQ-VAE on the stems and mixtures of DATA (a Slakh-layout root)."""
+    _train("vqvae", data, quiet, **options)
+
+
+@train_group.command("prior")
+@click.argument("data", type=click.Path(file_okay=False))
+@click.option("--stem", type=click.Choice(["drums", "bass"]), required=True)
+@click.option("--vqvae", type=click.Path(dir_okay=False, exists=True), required=True, help="Trained VQ-VAE file.")
+@with_options(train_options)
+@one_line_errors
+def train_prior(data: str, quiet: bool, **options: Any) -> None:
+    """Train one stem's prior on the tokens the VQ-VAE gives DATA's stems."""
+    _train("prior", data, quiet, **options)
+
+
 @main.command()
 @registry_option
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")

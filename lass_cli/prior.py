@@ -382,10 +382,10 @@ class Prior(nn.Module):
     def _output(self, x: torch.Tensor) -> torch.Tensor:
         return self.prior.x_out(x.float())
 
-    @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits: (batch, S) long -> (batch, S, K) float32; row s scores token s
-        given tokens < s (row 0 sees only the start token). S may be anything up to n_ctx."""
+        given tokens < s (row 0 sees only the start token). S may be anything up to n_ctx.
+        Differentiable (training uses it); wrap it in ``torch.inference_mode()`` to only score."""
         batch, length = tokens.shape
         if not 0 < length <= self.config.n_ctx:
             raise ValueError(f"sequence length {length} must be in 1..{self.config.n_ctx}")

@@ -1,0 +1,70 @@
+"""`lass train`: deterministic, resumable training of the VQ-VAE and a prior on synthetic folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lass_cli.checkpoint import read_checkpoint
+from lass_cli.prior import Prior
+from lass_cli.vqvae import VQVAE
+
+from .slakh_folder import render
+from .test_cli import lass
+from .test_evaluate import run_and_kill
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    render(root, "train", tracks=2, seconds=1.0)
+    render(root, "test", tracks=1, seconds=1.0, seed=3)
+    return root
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)[0]
+
+
+def test_killed_vqvae_training_resumes_to_the_same_weights(data, tmp_path):
+    common = ["--preset", "tiny", "--steps", "12", "--batch-size", "3", "--segment", "2048", "--checkpoint-every", "3",
+              "--val", str(data), "--threads", "1", "-q"]  # fmt: skip
+    whole = lass("train", "vqvae", str(data), "--out", "whole", *common, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    state = tmp_path / "cut" / "train_state.pt"
+    run_and_kill(["train", "vqvae", str(data), "--out", "cut", *common], tmp_path,
+                 lambda: state.exists() and torch.load(state, weights_only=False)["step"] >= 3)  # fmt: skip
+    assert not (tmp_path / "cut/vqvae.safetensors").exists()
+    again = lass("train", "vqvae", str(data), "--out", "cut", *common, cwd=tmp_path)
+    assert again.returncode == 1 and "--resume" in again.stderr
+    resumed = lass("train", "vqvae", str(data), "--out", "cut", "--resume", *common, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "whole/vqvae.safetensors"), weights(tmp_path / "cut/vqvae.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "whole/log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [3, 6, 9, 12] and all("val_loss" in e for e in log)
+    assert log[-1]["l2_0"] < log[0]["l2_0"] * 1.5  # it trains without blowing up
+    model = VQVAE.from_checkpoint(tmp_path / "whole/vqvae.safetensors")
+    assert model.encode(torch.randn(2, 4096) * 0.1).shape == (2, 4096 // 32)
+
+
+def test_prior_training_on_vqvae_tokens(data, tmp_path):
+    made = lass("train", "vqvae", str(data), "--out", "v", "--preset", "tiny", "--steps", "3", "--batch-size", "3",
+                "--segment", "2048", "-q", cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    common = ["--stem", "bass", "--vqvae", "v/vqvae.safetensors", "--preset", "tiny", "--steps", "8",
+              "--batch-size", "4", "--checkpoint-every", "4", "--val", str(data), "--threads", "1", "-q"]  # fmt: skip
+    first = lass("train", "prior", str(data), "--out", "p1", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = lass("train", "prior", str(data), "--out", "p2", *common, cwd=tmp_path)
+    a, b = weights(tmp_path / "p1/prior_bass.safetensors"), weights(tmp_path / "p2/prior_bass.safetensors")
+    assert second.returncode == 0 and all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights
+    prior = Prior.from_checkpoint(tmp_path / "p1/prior_bass.safetensors")
+    assert prior.config.bins == 64
+    log = [json.loads(line) for line in (tmp_path / "p1/log.jsonl").read_text().splitlines()]
+    assert {"val_loss", "val_accuracy"} <= set(log[-1])
+    missing = lass("train", "prior", str(data), "--out", "p3", "--vqvae", "v/vqvae.safetensors", cwd=tmp_path)
+    assert missing.returncode == 2  # --stem is required
