@@ -248,7 +248,7 @@ def _summarise(report: dict[str, Any], as_json: bool, quiet: bool) -> None:
     for name in names:
         for metric in ("sdr", "si_sdr"):
             table.add_column(f"{name} {metric.replace('_', '-').upper()}", justify="right")
-    for method, stats in report["aggregates"].items():
+    for method, stats in report["aggregates"].items():  # lass, then the baselines
         cells = []
         for name in names:
             for metric in ("sdr", "si_sdr"):

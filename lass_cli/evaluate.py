@@ -6,9 +6,11 @@ Group g belongs to shard ``g % n``, so a shard runs exactly the groups, and henc
 of the unsharded run, and shard reports merge into the same report. After each group the report is
 rewritten atomically, so a killed run resumes from its last group with ``--resume``.
 
-Each row carries the metrics of LASS and of two baselines computed in the same run: the mixture
-itself (``y = (x1 + x2) / 2``) as the estimate of every stem, and the oracle, the VQ-VAE's
-reconstruction of the true stem.
+Each row carries the metrics of LASS and of three baselines computed in the same run: the mixture
+itself (``y = (x1 + x2) / 2``) as the estimate of every stem; the oracle, the VQ-VAE's
+reconstruction of the true stem; and a crossover split of the mixture sum ``2y`` at 150 Hz
+(4th-order Butterworth, zero phase): below for ``bass``, the rest for the other stem (only for
+models whose stems include ``bass``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from .slakh import (
 
 EVALUATION_VERSION = 1
 DEFAULT_GROUP = 8  # rows per search; fixed (not memory-derived) so results do not depend on the machine
-METHODS = ("lass", "mixture", "oracle")
+METHODS = ("lass", "mixture", "oracle", "lowpass")
+LOWPASS_HZ = 150.0  # the low/high-pass baseline's crossover
 
 
 @dataclass
@@ -81,10 +84,21 @@ def _metrics(reference: np.ndarray, estimate: np.ndarray, mixture: np.ndarray, r
     }
 
 
+def crossover(mix_sum: np.ndarray, stems: list[str], rate: int) -> dict[str, np.ndarray] | None:
+    """The low/high-pass baseline: ``bass`` = low-passed mixture sum, the other stem the rest."""
+    if "bass" not in stems or len(stems) != 2:
+        return None
+    from scipy.signal import butter, sosfiltfilt
+
+    low = sosfiltfilt(butter(4, LOWPASS_HZ, "low", fs=rate, output="sos"), mix_sum).astype(np.float32)
+    other = next(s for s in stems if s != "bass")
+    return {"bass": low, other: (mix_sum - low).astype(np.float32)}
+
+
 def aggregate(rows: list[dict[str, Any]], stems: list[str]) -> dict[str, Any]:
     """Mean, median and std (NaN-aware) of every metric per method and stem, and of the stems' average."""
     out: dict[str, Any] = {}
-    for method in METHODS:
+    for method in [m for m in METHODS if all(m in r for r in rows)]:
         out[method] = {}
         for metric in ("sdr", "si_sdr", "si_sdri"):
             per_stem = {s: np.array([r[method][s][metric] for r in rows], dtype=np.float64) for s in stems}
@@ -223,6 +237,7 @@ def _evaluate_batch(
         y = sum(truth.values()) / 2
         lass_est = {s: estimates[s][j * window : j * window + n] for s in stems}
         oracle_est = {s: oracle[s][j, :n] for s in stems}
+        split = crossover(2 * y, stems, rate)
         rows.append({
             "row": k,
             "track": chunk.track,
@@ -232,6 +247,7 @@ def _evaluate_batch(
             "lass": {s: _metrics(truth[s], lass_est[s], y, rate) for s in stems},
             "mixture": {s: _metrics(truth[s], y, y, rate) for s in stems},
             "oracle": {s: _metrics(truth[s], oracle_est[s], y, rate) for s in stems},
+            **({"lowpass": {s: _metrics(truth[s], split[s], y, rate) for s in stems}} if split else {}),
             "score": details["windows"]["scores"][j],
             "likelihood_free_steps": details["windows"]["likelihood_free_steps"][j],
         })  # fmt: skip

@@ -42,7 +42,7 @@ def test_evaluate_rows_match_museval_on_saved_audio_and_shards_merge(slakh, tmp_
     assert whole.returncode == 0, whole.stderr
     report = json.loads((tmp_path / "whole.json").read_text())
     assert report["lass_evaluation"] == 1 and [r["row"] for r in report["rows"]] == list(range(6))
-    assert set(report["aggregates"]) == {"lass", "mixture", "oracle"}
+    assert set(report["aggregates"]) == {"lass", "mixture", "oracle", "lowpass"}
     assert set(report["aggregates"]["lass"]) == {"drums", "bass", "average"}
     for row in report["rows"]:
         folder = tmp_path / "audio" / f"{row['row']:05d}"
@@ -58,6 +58,7 @@ def test_evaluate_rows_match_museval_on_saved_audio_and_shards_merge(slakh, tmp_
             museval_sdr(sf.read(folder / "reference_drums.wav")[0], mixture, 22050), abs=1e-3, nan_ok=True
         )  # noqa: E501
         assert row["mixture"]["bass"]["si_sdri"] == 0.0
+        assert row["lowpass"]["bass"]["si_sdr"] > row["mixture"]["bass"]["si_sdr"]  # low sines, broadband drums
     for i in (0, 1):
         part = lass("evaluate", str(slakh), "--out", f"part{i}.json", "--shard", f"{i}/2", *common, cwd=tmp_path)
         assert part.returncode == 0, part.stderr
@@ -132,3 +133,16 @@ def test_count_likelihood_resume_shards_and_merge(slakh, tmp_path):
     total = Counts.load(tmp_path / "merged.npz")
     np.testing.assert_array_equal(total.keys, reference.keys)
     np.testing.assert_array_equal(total.values, reference.values)
+
+
+def test_crossover_baseline_splits_the_mixture_sum():
+    from lass_cli.evaluate import crossover
+
+    rate = 22050
+    t = np.arange(rate) / rate
+    low, high = np.sin(2 * np.pi * 50 * t), 0.5 * np.sin(2 * np.pi * 2000 * t)
+    split = crossover((low + high).astype(np.float32), ["drums", "bass"], rate)
+    np.testing.assert_allclose(split["bass"] + split["drums"], low + high, atol=1e-6)
+    inner = slice(rate // 10, -rate // 10)
+    assert np.abs(split["bass"][inner] - low[inner]).max() < 0.05
+    assert crossover(low.astype(np.float32), ["vocals", "piano"], rate) is None
