@@ -75,6 +75,17 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def with_progress(enabled: bool, description: str, job: Callable[[Any], Any]) -> Any:
+    """Run ``job(progress)`` with a progress bar on the terminal (silent when not ``enabled``)."""
+    from .jobs import TaskProgress
+
+    progress = TaskProgress(enabled, description)
+    try:
+        return job(progress)
+    finally:
+        progress.close()
+
+
 registry_option = click.option(
     "--registry",
     "registries",
@@ -209,14 +220,10 @@ def evaluate() -> None:
 def evaluate_run(root: str, as_json: bool, **options: Any) -> None:
     """Separate N seeded chunks of ROOT and report SDR / SI-SDR with the mixture and oracle baselines."""
     from .evaluate import EvaluateRequest, run_evaluate
-    from .jobs import TaskProgress
 
     request = EvaluateRequest(root=root, **options)
-    progress = TaskProgress(sys.stderr.isatty() and not request.quiet and not as_json, "mixtures")
-    try:
-        report = run_evaluate(request, progress)
-    finally:
-        progress.close()
+    interactive = sys.stderr.isatty() and not request.quiet and not as_json
+    report = with_progress(interactive, "mixtures", lambda progress: run_evaluate(request, progress))
     _summarise(report, as_json, request.quiet)
 
 
@@ -284,14 +291,10 @@ def count_likelihood() -> None:
 def count_run(root: str, as_json: bool, **options: Any) -> None:
     """Encode pairs of stem chunks and their mixture; count every token triple (both orders)."""
     from .counting import CountRequest, run_count
-    from .jobs import TaskProgress
 
     request = CountRequest(root=root, **options)
-    progress = TaskProgress(sys.stderr.isatty() and not request.quiet and not as_json, "batches")
-    try:
-        counts = run_count(request, progress)
-    finally:
-        progress.close()
+    interactive = sys.stderr.isatty() and not request.quiet and not as_json
+    counts = with_progress(interactive, "batches", lambda progress: run_count(request, progress))
     _print_counts(counts.summary(), as_json, request.quiet)
 
 
@@ -329,14 +332,12 @@ def _print_counts(summary: dict[str, Any], as_json: bool, quiet: bool) -> None:
 def synth(out_dir: str, tracks: int, seed: int, split: str, seconds: float, rate: int, soundfont: str | None,
           quiet: bool) -> None:  # fmt: skip
     """Render drums + bass tracks from generated MIDI into OUT_DIR/<split>/ in the Slakh2100 layout."""
-    from .jobs import TaskProgress
     from .synth import synth as render_tracks
 
-    progress = TaskProgress(sys.stderr.isatty() and not quiet, "tracks")
-    try:
-        folders = render_tracks(out_dir, tracks, seed, split, seconds, rate, soundfont, progress)
-    finally:
-        progress.close()
+    def job(progress: Any) -> list[Path]:
+        return render_tracks(out_dir, tracks, seed, split, seconds, rate, soundfont, progress)
+
+    folders = with_progress(sys.stderr.isatty() and not quiet, "tracks", job)
     if not quiet:
         click.echo(f"{len(folders)} tracks in {Path(out_dir) / split}")
 
@@ -363,14 +364,10 @@ train_options = [
 
 
 def _train(what: str, data: str, quiet: bool, **options: Any) -> None:
-    from .jobs import TaskProgress
     from .train import TrainRequest, train
 
-    progress = TaskProgress(sys.stderr.isatty() and not quiet, "steps")
-    try:
-        target = train(TrainRequest(what=what, data=data, **options), progress)
-    finally:
-        progress.close()
+    request = TrainRequest(what=what, data=data, **options)
+    target = with_progress(sys.stderr.isatty() and not quiet, "steps", lambda progress: train(request, progress))
     if not quiet:
         click.echo(str(target))
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import audio
-from .jobs import choose_model
+from .jobs import SearchRequest, choose_model
 from .metrics import museval_sdr, si_sdr, si_sdr_improvement
 from .registry import load_registry
 from .report import build_report, write_json
@@ -48,28 +48,16 @@ METHODS = ("lass", "mixture", "oracle", "lowpass")
 LOWPASS_HZ = 150.0  # the low/high-pass baseline's crossover
 
 
-@dataclass
-class EvaluateRequest:
+@dataclass(kw_only=True)
+class EvaluateRequest(SearchRequest):
     root: str
     out: str = "evaluation.json"
-    model: str | None = None
-    registries: tuple[str, ...] = ()
     split: str = "test"
     num_mixtures: int = 450
-    seed: int = 0
     shard: str = "0/1"
     resume: bool = False
     force: bool = False
     save_audio: str | None = None
-    device: str = "auto"
-    sampler: str = "beam"
-    beams: int | None = None
-    samples: int = 16
-    top_k: int | None = None
-    temperature: float = 1.0
-    weight: float | None = None
-    batch_windows: int | None = None
-    quiet: bool = False
 
     @property
     def group(self) -> int:
@@ -168,9 +156,7 @@ def run_evaluate(request: EvaluateRequest, progress=None) -> dict[str, Any]:
     shard_index, shard_count = parse_shard(request.shard)
     spec, _ = choose_model(load_registry(list(request.registries)), request.model)
     device = pick_device(request.device)
-    beams = request.beams or (100 if device.type == "cuda" else 10)
-    options = SearchOptions(method=request.sampler, beams=beams, temperature=request.temperature,
-                            top_k=request.top_k, samples=request.samples, seed=request.seed)  # fmt: skip
+    options = request.search_options(device)
     separator = Separator.load(spec, device, weight=request.weight)
     settings = _settings(request, separator, options)
     stems = list(spec.stems)

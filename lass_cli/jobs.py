@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import audio
 from .metrics import sdr, si_sdr
@@ -27,12 +28,10 @@ from .separate import Separator, pick_device
 PAPER_MODEL = "slakh-drums-bass"
 
 
-@dataclass
-class SeparateRequest:
-    """Everything ``lass separate`` was asked; field names follow the command's options."""
+@dataclass(kw_only=True)
+class SearchRequest:
+    """The model and search settings shared by ``lass separate`` and ``lass evaluate``."""
 
-    inputs: list[Path]
-    out_dir: str = "separated"
     model: str | None = None
     registries: tuple[str, ...] = ()
     device: str = "auto"
@@ -44,6 +43,21 @@ class SeparateRequest:
     weight: float | None = None
     seed: int = 0
     batch_windows: int | None = None
+    quiet: bool = False
+
+    def search_options(self, device: torch.device) -> SearchOptions:
+        """The search options; B defaults to 100 (the paper's) on CUDA and 10 on CPU."""
+        beams = self.beams or (100 if device.type == "cuda" else 10)
+        return SearchOptions(method=self.sampler, beams=beams, temperature=self.temperature, top_k=self.top_k,
+                             samples=self.samples, seed=self.seed)  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class SeparateRequest(SearchRequest):
+    """Everything ``lass separate`` was asked; field names follow the command's options."""
+
+    inputs: list[Path]
+    out_dir: str = "separated"
     fmt: str = "wav"
     bits: str = "16"
     template: str = "{track}/{stem}.{ext}"
@@ -51,7 +65,6 @@ class SeparateRequest:
     references: tuple[str, ...] = ()
     force: bool = False
     as_json: bool = False
-    quiet: bool = False
 
 
 def choose_model(models: dict[str, ModelSpec], name: str | None) -> tuple[ModelSpec, str | None]:
@@ -221,9 +234,7 @@ def run_separate(request: SeparateRequest) -> dict[str, Any]:
     plans = output_paths(request, spec)
     references = parse_references(request, spec.stems)
     device = pick_device(request.device)
-    beams = request.beams or (100 if device.type == "cuda" else 10)
-    options = SearchOptions(method=request.sampler, beams=beams, temperature=request.temperature,
-                            top_k=request.top_k, samples=request.samples, seed=request.seed)  # fmt: skip
+    options = request.search_options(device)
     separator = Separator.load(spec, device, weight=request.weight)
     progress = Progress(sys.stderr.isatty() and not request.quiet and not request.as_json, len(request.inputs))
     results = []
@@ -262,4 +273,4 @@ def run_separate(request: SeparateRequest) -> dict[str, Any]:
     }
 
 
-__all__ = ["SeparateRequest", "TaskProgress", "choose_model", "run_separate"]
+__all__ = ["SearchRequest", "SeparateRequest", "TaskProgress", "choose_model", "run_separate"]

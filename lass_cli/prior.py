@@ -452,6 +452,7 @@ class Prior(nn.Module):
         model = cls(config)
         load_strict(model, state, path)
         model.prior.x_out.weight = model.prior.x_emb.weight
+        model.requires_grad_(False)  # a loaded prior scores; training builds its own
         return model.to(device).set_compute_dtype(dtype)
 
     def save(self, path: str | Path) -> None:
