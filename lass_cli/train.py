@@ -42,6 +42,7 @@ PRIOR_PRESETS = {
     "tiny": dict(n_ctx=64, prior_width=32, prior_depth=3, heads=1, blocks=4),
 }
 STEMS = ("drums", "bass")
+TRAIN_RMS = 0.1
 
 
 @dataclass
@@ -148,14 +149,17 @@ class Sampler:
         return np.pad(x[start : start + length], (0, max(0, length - len(x))))
 
     def audio(self, batch: int, length: int) -> torch.Tensor:
-        """Single stems and mixtures of random pairs, in equal shares."""
+        """Single stems and mixtures of random pairs, in equal shares, each brought to an RMS of
+        ``TRAIN_RMS`` +- 6 dB (rendered stems are quiet; a fixed level keeps the losses in range)."""
         rows = []
         for i in range(batch):
             kind = i % 3
             if kind < 2:
-                rows.append(self._segment(STEMS[kind], length))
+                x = self._segment(STEMS[kind], length)
             else:
-                rows.append((self._segment("drums", length) + self._segment("bass", length)) / 2)
+                x = (self._segment("drums", length) + self._segment("bass", length)) / 2
+            gain = TRAIN_RMS / max(float(np.sqrt(np.mean(x**2))), 1e-4) * 10 ** (self.rng.uniform(-6, 6) / 20)
+            rows.append(np.clip(x * gain, -1, 1))
         return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
