@@ -46,7 +46,7 @@ def test_killed_vqvae_training_resumes_to_the_same_weights(data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "whole/log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [3, 6, 9, 12] and all("val_loss" in e for e in log)
-    assert log[-1]["l2_0"] < log[0]["l2_0"] * 1.5  # it trains without blowing up
+    assert all(0 < e["loss"] < 10 and 0 < e["codes_used_0"] <= 1 for e in log)  # finite, codes in use
     model = VQVAE.from_checkpoint(tmp_path / "whole/vqvae.safetensors")
     assert model.encode(torch.randn(2, 4096) * 0.1).shape == (2, 4096 // 32)
 
