@@ -125,6 +125,8 @@ search_options = [
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--batch-windows", type=click.IntRange(min=1), default=None,
                  help="Windows searched at once (default: as many as fit in half the free memory)."),
+    click.option("--normalize/--no-normalize", default=True, show_default=True,
+                 help="Scale the input to the model's training level and the stems back."),
 ]  # fmt: skip
 
 
@@ -283,6 +285,13 @@ def count_likelihood() -> None:
 @click.option("--shard", default="0/1", show_default=True, help="i/n: count pairs p with p % n == i.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.resume.npz.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True, help="Batches.")
+@click.option(
+    "--gain-db",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Random gain of each source within +-dB (denser, level-robust counts).",
+)
 @click.option("-f", "--force", is_flag=True, help="Replace an existing OUT.")
 @click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")

@@ -46,6 +46,7 @@ class CountRequest:
     resume: bool = False
     force: bool = False
     checkpoint_every: int = 50
+    gain_db: float = 0.0
     device: str = "auto"
     quiet: bool = False
 
@@ -64,6 +65,19 @@ def _save_checkpoint(path: Path, counts: Counts, state: dict[str, Any]) -> None:
 def _load_checkpoint(path: Path) -> tuple[Counts, dict[str, Any]]:
     with np.load(path, allow_pickle=False) as data:
         return Counts(int(data["bins"]), data["keys"], data["values"]), json.loads(str(data["state"]))
+
+
+def _levels(x1: np.ndarray, x2: np.ndarray, target: float | None, gain_db: float, rng) -> tuple[np.ndarray, ...]:
+    """Each pair at the model's level (the RMS of its mixture, when the model names one), then
+    each source by its own random gain within +-gain_db, so the counts see the level spread that
+    separation meets."""
+    n = len(x1)
+    scale = np.ones((n, 1))
+    if target:
+        level = np.sqrt(np.mean(((x1 + x2) / 2).astype(np.float64) ** 2, axis=1, keepdims=True))
+        scale = np.where(level > 1e-6, target / np.maximum(level, 1e-6), 1.0)
+    g1, g2 = (10 ** (rng.uniform(-gain_db, gain_db, (n, 1)) / 20) for _ in range(2))
+    return np.clip(x1 * scale * g1, -1, 1), np.clip(x2 * scale * g2, -1, 1)
 
 
 def run_count(request: CountRequest, progress=None) -> Counts:
@@ -92,7 +106,7 @@ def run_count(request: CountRequest, progress=None) -> Counts:
     batches = [b for k, b in enumerate(every) if k % shard_count == shard_index]
     state = {"model": spec.name, "root": str(Path(request.root).resolve()), "split": request.split,
              "epochs": request.epochs, "batch_size": request.batch_size, "seed": request.seed,
-             "shard": request.shard, "batches_done": 0}  # fmt: skip
+             "shard": request.shard, "gain_db": request.gain_db, "batches_done": 0}  # fmt: skip
     counts = Counts(vqvae.config.l_bins)
     resume_file = checkpoint_path(out)
     if request.resume and resume_file.exists():
@@ -110,7 +124,8 @@ def run_count(request: CountRequest, progress=None) -> Counts:
         batch = batches[number]
         x1 = np.stack([loader(a.track)[first][a.start : a.start + window] for a, _ in batch])
         x2 = np.stack([loader(b.track)[second][b.start : b.start + window] for _, b in batch])
-        signals = torch.from_numpy(np.concatenate([x1, x2, (x1 + x2) / 2])).to(device)
+        x1, x2 = _levels(x1, x2, spec.input_rms, request.gain_db, np.random.default_rng([request.seed, number]))
+        signals = torch.from_numpy(np.concatenate([x1, x2, (x1 + x2) / 2]).astype(np.float32)).to(device)
         tokens = vqvae.encode(signals, level).cpu()
         n = len(batch)
         counts.add(tokens[:n], tokens[n : 2 * n], tokens[2 * n :])

@@ -113,6 +113,7 @@ def _settings(request: EvaluateRequest, separator: Separator, options: SearchOpt
         "rows_per_group": request.group,
         "search": asdict(options),
         "lambda": separator.likelihood.weight,
+        "normalize": request.normalize,
         "protocol": {
             "rate": separator.spec.sample_rate,
             "window_samples": separator.window_samples,
@@ -199,6 +200,13 @@ def run_evaluate(request: EvaluateRequest, progress=None) -> dict[str, Any]:
     return _report(settings, model, request.shard, rows, stems, str(device))
 
 
+def row_gain(separator: Separator, y: np.ndarray, normalize: bool) -> float:
+    """The factor that brings a row's ``y`` to the model's training level (1 without one)."""
+    level = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+    target = separator.spec.input_rms
+    return target / level if normalize and target and level > 1e-6 else 1.0
+
+
 def _segments(chunk: Chunk, loader) -> dict[str, np.ndarray]:
     stems = loader(chunk.track)
     return {s: x[chunk.start : chunk.start + chunk.length] for s, x in stems.items()}
@@ -210,13 +218,18 @@ def _evaluate_batch(
 ) -> list[dict[str, Any]]:  # fmt: skip
     rate, window = separator.spec.sample_rate, separator.window_samples
     truths = [_segments(chunk, loader) for _, chunk in group]
+    # Each row is its own mixture: brought to the model's level on its own, then scaled back.
+    gains = [row_gain(separator, sum(t.values()) / 2, request.normalize) for t in truths]
     # One signal of padded chunks: each chunk is exactly one window, and windows are independent.
-    mix = np.concatenate([audio.fit_length(sum(t.values()), window) for t in truths])
-    estimates, details = separator.separate(mix[None], rate, options, batch_windows=len(group))
+    mix = np.concatenate([audio.fit_length(sum(t.values()) * g, window) for t, g in zip(truths, gains)])
+    scaled, details = separator.separate(mix[None], rate, options, None, len(group), normalize=False)
+    estimates = {s: np.concatenate([scaled[s][j * window : (j + 1) * window] / g for j, g in enumerate(gains)])
+                 for s in stems}  # fmt: skip
     oracle = {}
     for stem in stems:
-        windows = torch.from_numpy(np.stack([audio.fit_length(t[stem], window) for t in truths])).to(separator.device)
-        oracle[stem] = separator.decode_tokens(separator.encode_windows(windows)).float().cpu().numpy()
+        rows = np.stack([audio.fit_length(t[stem] * g, window) for t, g in zip(truths, gains)])
+        decoded = separator.decode_tokens(separator.encode_windows(torch.from_numpy(rows).to(separator.device)))
+        oracle[stem] = decoded.float().cpu().numpy() / np.array(gains, np.float32)[:, None]
     rows = []
     for j, ((k, chunk), truth) in enumerate(zip(group, truths)):
         n = chunk.length

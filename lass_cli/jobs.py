@@ -43,6 +43,7 @@ class SearchRequest:
     weight: float | None = None
     seed: int = 0
     batch_windows: int | None = None
+    normalize: bool = True
     quiet: bool = False
 
     def search_options(self, device: torch.device) -> SearchOptions:
@@ -183,7 +184,7 @@ def _separate_one(
     references: dict[str, Path], progress: Progress,
 ) -> dict[str, Any]:  # fmt: skip
     mix, rate = audio.load(source)
-    stems, details = separator.separate(mix, rate, options, progress.step, request.batch_windows)
+    stems, details = separator.separate(mix, rate, options, progress.step, request.batch_windows, request.normalize)
     peaks = {stem: float(np.abs(x).max()) for stem, x in stems.items()}
     written = audio.limit_peaks(stems, request.clip_mode)
     metrics = {}

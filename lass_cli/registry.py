@@ -87,6 +87,7 @@ class ModelSpec:
     priors: dict[str, FileSpec]
     likelihood: FileSpec
     level: int = -1
+    input_rms: float | None = None
     archive: str | None = None
     source: Path | None = None
 
@@ -166,6 +167,7 @@ def _model_spec(name: str, table: dict[str, Any], source: Path | None) -> ModelS
             priors={s: _file_spec(f"prior.{s}", priors_table[s], base, name) for s in stems},
             likelihood=_file_spec("likelihood", table["likelihood"], base, name),
             level=int(table.get("level", -1)),
+            input_rms=float(table["input_rms"]) if "input_rms" in table else None,
             archive=table.get("archive"),
             source=source,
         )

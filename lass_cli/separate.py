@@ -187,13 +187,21 @@ class Separator:
         options: SearchOptions,
         on_step: Callable[[int, int], None] | None = None,
         batch_windows: int | None = None,
+        normalize: bool = True,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Separate one mixture, (channels, samples) at ``rate``, into mono stems at ``rate`` of the
         input's length. Windows are searched ``batch_windows`` at a time (default: as many as fit
         in memory), so memory depends on that batch, not on the file's length. Returns the stems
-        and the report's ``windows`` and ``timings`` parts."""
+        and the report's ``windows`` and ``timings`` parts.
+
+        When the model names the level it was trained at (``input_rms``, the RMS of ``y``) and
+        ``normalize`` is on, ``y`` is scaled to it before encoding and the stems scaled back after
+        decoding; a silent input is left as it is."""
         mono = audio.to_mono(mix)
         y = audio.resample(mono, rate, self.spec.sample_rate) / 2
+        level = float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) if len(y) else 0.0
+        gain = self.spec.input_rms / level if normalize and self.spec.input_rms and level > 1e-6 else 1.0
+        y = (y * gain).astype(np.float32)
         windows = audio.to_windows(y, self.window_samples)
         group = batch_windows or self.default_batch_windows(options)
         steps, batches = self.spec.window_tokens, -(-len(windows) // group)
@@ -221,10 +229,12 @@ class Separator:
         stems = {}
         for stem, parts in decoded.items():
             at_model_rate = audio.from_windows(np.concatenate(parts), len(y))
-            stems[stem] = audio.fit_length(audio.resample(at_model_rate, self.spec.sample_rate, rate), len(mono))
+            back = audio.resample(at_model_rate, self.spec.sample_rate, rate) / gain
+            stems[stem] = audio.fit_length(back.astype(np.float32), len(mono))
         total = sum(seconds.values())
         duration = len(mono) / rate
         details = {
+            "level": {"input_rms": round(level, 6), "gain_in": round(gain, 6), "gain_out": round(1 / gain, 6)},
             "windows": {
                 "count": len(windows),
                 "tokens_per_window": steps,

@@ -276,7 +276,10 @@ class TokenSampler:
         self.sequences = []
         with torch.inference_mode():
             for track in tracks:
-                x = torch.from_numpy(load_stems(track, vqvae.config.sr)[stem])[None]
+                stems = load_stems(track, vqvae.config.sr)
+                y = (stems["drums"] + stems["bass"]) / 2  # the stem at the level separation gives it
+                gain = TRAIN_RMS / max(float(np.sqrt(np.mean(y.astype(np.float64) ** 2))), 1e-4)
+                x = torch.from_numpy((stems[stem] * gain).astype(np.float32))[None]
                 self.sequences.append(vqvae.encode(x).clone()[0])
         self.rng = np.random.default_rng(seed)
 

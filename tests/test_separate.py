@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lass_cli.registry import load_registry
@@ -28,3 +29,32 @@ def test_stems_keep_rate_and_length_and_do_not_depend_on_window_batching():
     total = -(-windows // 2) * separator.spec.window_tokens  # steps of each batch of windows
     assert steps[-1] == (total, total) and len(steps) == total
     assert separator.default_batch_windows(options) >= 1
+
+
+def test_input_level_normalisation_round_trips(tmp_path):
+    (tmp_path / "models.toml").write_text(
+        load_registry_text()
+        .replace("[models.tiny-random", "[models.tiny-level")
+        .replace(
+            "sample_rate = 22050\nwindow_tokens = 128", "sample_rate = 22050\nwindow_tokens = 128\ninput_rms = 0.1"
+        )
+    )
+    spec = load_registry([tmp_path / "models.toml"])["tiny-level"]
+    assert spec.input_rms == 0.1
+    separator = Separator.load(spec, torch.device("cpu"))
+    mix = (0.05 * np.random.default_rng(1).standard_normal((1, 12000))).astype(np.float32)
+    quiet, details = separator.separate(mix, 22050, SearchOptions(beams=2))
+    loud, loud_details = separator.separate(mix * 8, 22050, SearchOptions(beams=2))
+    assert details["level"]["gain_in"] == pytest.approx(0.1 / float(np.sqrt(np.mean((mix / 2) ** 2))), rel=1e-4)
+    for stem in ("drums", "bass"):
+        np.testing.assert_allclose(loud[stem], 8 * quiet[stem], rtol=1e-4, atol=1e-6)
+    raw, raw_details = separator.separate(mix, 22050, SearchOptions(beams=2), normalize=False)
+    assert raw_details["level"]["gain_in"] == 1.0
+    silent, silent_details = separator.separate(np.zeros((1, 5000), np.float32), 22050, SearchOptions(beams=2))
+    assert silent_details["level"]["gain_in"] == 1.0 and all(np.isfinite(x).all() for x in silent.values())
+
+
+def load_registry_text() -> str:
+    from lass_cli.registry import packaged_registry_text
+
+    return packaged_registry_text()
