@@ -194,7 +194,8 @@ def packaged_registry_text() -> str:
 
 def load_registry(extra: list[str | Path] | None = None) -> dict[str, ModelSpec]:
     """The packaged models, then each user registry (``extra``, then ``LASS_REGISTRY``) on top."""
-    models = _read(packaged_registry_text(), None)
+    # Relative paths of the packaged registry point into the package (the embedded model's assets).
+    models = _read(packaged_registry_text(), Path(__file__).with_name("models.toml"))
     paths = [Path(p) for p in extra or []]
     paths += [Path(p) for p in os.environ.get("LASS_REGISTRY", "").split(os.pathsep) if p]
     for path in paths:
