@@ -129,6 +129,9 @@ def write_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], con
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     save_file(unique, str(partial), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # safetensors creates files private to their owner
     os.replace(partial, path)
 
 

@@ -216,3 +216,12 @@ def test_cuda_matches_cpu(fixture_model, fixture_audio, vqvae_reference):
     np.testing.assert_array_equal(model.encode(fixture_audio.cuda()).cpu().numpy(), vqvae_reference["tokens_level2"])
     decoded = model.decode(torch.from_numpy(vqvae_reference["tokens_level2"]).cuda()).cpu().numpy()
     assert np.abs(decoded - vqvae_reference["decoded_from_level2"]).max() <= 1e-4
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    import os
+
+    _random_model(_tiny_config()).save(tmp_path / "m.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
