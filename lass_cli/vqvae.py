@@ -331,8 +331,8 @@ class VQVAE(nn.Module):
 __all__ = ["VQVAE", "VQVAEConfig", "from_transformers_keys", "nearest_codes", "to_transformers_keys"]
 
 
-# Key names of the same VQ-VAE inside a transformers ``JukeboxModel`` (prefix ``vqvae.``), as
-# (original pattern, transformers pattern) pairs; ``{n}`` marks a number that changes between them.
+# Key names of the same VQ-VAE inside a transformers ``JukeboxModel`` (prefix ``vqvae.``): each rule
+# is (a pattern of one layout's keys, the matching key of the other); the two tables are inverses.
 _TRANSFORMERS_RULES = [
     (r"(encoders\.\d+\.level_blocks\.\d+)\.model\.(\d+)\.0\.", lambda m: f"{m[1]}.downsample_block.{2 * int(m[2])}."),
     (r"(encoders\.\d+\.level_blocks\.\d+)\.model\.(\d+)\.1\.model\.(\d+)\.model\.([13])\.",
