@@ -71,8 +71,7 @@ class FileSpec:
     def cache_names(self) -> list[str]:
         """File names this file may have in the lass cache: converted first, then imported."""
         names = [f"{self.role}.safetensors"] if self.format == "transformers-jukebox" else []
-        names += [Path(n).name for n in (self.archive_member, self.filename) if n]
-        return list(dict.fromkeys(names))
+        return names + ([Path(self.archive_member).name] if self.archive_member else [])
 
 
 @dataclass(frozen=True)
