@@ -11,7 +11,8 @@ Training is deterministic for a seed: the sampler's and torch's random states ar
 checkpoint (``DIR/train_state.pt``, written atomically every ``--checkpoint-every`` steps), so a
 killed run resumed with ``--resume`` reaches the same weights as an uninterrupted one. Validation
 loss (and the priors' token accuracy) on ``--val`` go to ``DIR/log.jsonl``; the model is written
-as ``DIR/vqvae.safetensors`` or ``DIR/prior_<stem>.safetensors``.
+as ``DIR/vqvae.safetensors`` or ``DIR/prior_<stem>.safetensors``. A prior run keeps the tokens it
+encoded in ``DIR/tokens-<stem>-<split>.npz``.
 """
 
 from __future__ import annotations
@@ -201,8 +202,13 @@ def train(request: TrainRequest, progress=None) -> Path:
         sizes = {"l_bins": vqvae.config.l_bins, "level": vqvae.config.levels - 1}
         config = PriorConfig(**{**PRIOR_PRESETS[request.preset], **sizes})
         model, codebooks = Prior(config).train(), None
-        sampler = TokenSampler(request.data, request.split, vqvae, request.stem, request.seed)
-        val = TokenSampler(request.val, "test", vqvae, request.stem, request.seed) if request.val else None
+        sampler = TokenSampler(request.data, request.split, vqvae, request.stem, request.seed,
+                               out / f"tokens-{request.stem}-{request.split}.npz")  # fmt: skip
+        val = None
+        if request.val:
+            val = TokenSampler(
+                request.val, "test", vqvae, request.stem, request.seed, out / f"tokens-{request.stem}-val.npz"
+            )
         target = out / f"prior_{request.stem}.safetensors"
     optimizer = torch.optim.Adam(model.parameters(), lr=request.lr)
     step = 0
@@ -269,9 +275,16 @@ def _validate(model, val, request: TrainRequest, codebooks) -> dict[str, float]:
 
 
 class TokenSampler:
-    """Windows of one stem's tokens, encoded once by the VQ-VAE."""
+    """Windows of one stem's tokens, encoded once by the VQ-VAE and kept in ``cache`` (a resumed
+    run or a second prior on the same data reads them instead of encoding hours of audio again)."""
 
-    def __init__(self, root: str, split: str, vqvae: VQVAE, stem: str, seed: int) -> None:
+    def __init__(self, root: str, split: str, vqvae: VQVAE, stem: str, seed: int, cache: Path) -> None:
+        self.rng = np.random.default_rng(seed)
+        if cache.is_file():
+            with np.load(cache) as saved:
+                flat, ends = torch.from_numpy(saved["tokens"]), saved["ends"].tolist()
+            self.sequences = list(flat.tensor_split(ends[:-1]))
+            return
         tracks = find_tracks(root, split, default_classes(STEMS))
         self.sequences = []
         with torch.inference_mode():
@@ -281,7 +294,11 @@ class TokenSampler:
                 gain = TRAIN_RMS / max(float(np.sqrt(np.mean(y.astype(np.float64) ** 2))), 1e-4)
                 x = torch.from_numpy((stems[stem] * gain).astype(np.float32))[None]
                 self.sequences.append(vqvae.encode(x).clone()[0])
-        self.rng = np.random.default_rng(seed)
+        partial = cache.with_name(f".{cache.name}.partial")
+        with open(partial, "wb") as f:
+            ends = np.cumsum([len(s) for s in self.sequences])
+            np.savez(f, tokens=torch.cat(self.sequences).numpy(), ends=ends)
+        os.replace(partial, cache)
 
     def tokens(self, batch: int, length: int) -> torch.Tensor:
         rows = []

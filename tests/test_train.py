@@ -66,5 +66,12 @@ def test_prior_training_on_vqvae_tokens(data, tmp_path):
     assert prior.config.bins == 64
     log = [json.loads(line) for line in (tmp_path / "p1/log.jsonl").read_text().splitlines()]
     assert {"val_loss", "val_accuracy"} <= set(log[-1])
+    # A resumed run reads its tokens back from DIR/tokens-*.npz and still matches a fresh run.
+    assert (tmp_path / "p1/tokens-bass-train.npz").is_file() and (tmp_path / "p1/tokens-bass-val.npz").is_file()
+    longer = [a if a != "8" else "10" for a in common]
+    assert lass("train", "prior", str(data), "--out", "p1", "--resume", *longer, cwd=tmp_path).returncode == 0
+    assert lass("train", "prior", str(data), "--out", "p4", *longer, cwd=tmp_path).returncode == 0
+    a, b = weights(tmp_path / "p1/prior_bass.safetensors"), weights(tmp_path / "p4/prior_bass.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     missing = lass("train", "prior", str(data), "--out", "p3", "--vqvae", "v/vqvae.safetensors", cwd=tmp_path)
     assert missing.returncode == 2  # --stem is required
