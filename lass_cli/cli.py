@@ -384,6 +384,7 @@ def _train(what: str, data: str, quiet: bool, **options: Any) -> None:
 @train_group.command("vqvae")
 @click.argument("data", type=click.Path(file_okay=False))
 @click.option("--segment", type=click.IntRange(min=256), default=16384, show_default=True, help="Samples per example.")
+@click.option("--linearize", is_flag=True, help="Add the LQ-VAE post-quantisation linearisation loss.")
 @with_options(train_options)
 @one_line_errors
 def train_vqvae(data: str, quiet: bool, **options: Any) -> None:

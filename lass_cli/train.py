@@ -1,9 +1,10 @@
 """``lass train``: our own VQ-VAE and priors, Jukebox-compatible, on Slakh-layout folders.
 
 - VQ-VAE: every level's encoder -> nearest code (straight-through) -> decoder; loss = L2 +
-  multi-resolution spectral L2 + 0.02 x commitment; codebooks follow Jukebox's EMA update (mu 0.99)
-  with dead codes restarted from random latents of the batch. Batches mix single stems and their
-  mixtures ``y = (x1 + x2) / 2`` (random pairings), so the VQ-VAE codes what separation encodes.
+  multi-resolution spectral L2 + 0.02 x commitment (+ the LQ-VAE linearisation loss with
+  ``--linearize``); codebooks follow Jukebox's EMA update (mu 0.99) with dead codes restarted from
+  random latents of the batch. Batches hold triples of a drum segment, a bass segment and their
+  mixture ``y = (x1 + x2) / 2`` (random pairings), so the VQ-VAE codes what separation encodes.
 - Prior: teacher-forced cross-entropy on the tokens of one stem (encoded once, up front, by the
   trained VQ-VAE), windows of ``n_ctx`` tokens at random offsets.
 
@@ -64,6 +65,7 @@ class TrainRequest:
     checkpoint_every: int = 500
     resume: bool = False
     threads: int | None = None
+    linearize: bool = False
 
 
 def _spectral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -112,8 +114,20 @@ class Codebooks:
         self.k_sum, self.k_elem, self.ready = state["k_sum"], state["k_elem"], list(state["ready"])
 
 
-def vqvae_loss(model: VQVAE, x: torch.Tensor, codebooks: Codebooks | None, generator: torch.Generator):
-    """Reconstruction + spectral + commitment over every level; EMA-updates the codebooks."""
+def _quantise_straight(v: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Nearest codes of (..., E) vectors, with the straight-through gradient."""
+    codes = nearest_codes(v.detach().reshape(-1, v.shape[-1]), codebook)
+    return v + (codebook[codes].view_as(v) - v).detach()
+
+
+def vqvae_loss(
+    model: VQVAE, x: torch.Tensor, codebooks: Codebooks | None, generator: torch.Generator, linearize: bool = False
+):
+    """Reconstruction + spectral + commitment over every level; EMA-updates the codebooks.
+
+    With ``linearize``, rows come in triples (x1, x2, (x1 + x2) / 2) and the LQ-VAE's
+    post-quantisation linearisation loss (lqvae-paper.txt, Eq. 8-10) is added:
+    ``|B_Q(E(mix)) - B_Q(B_Q(E(x1)) / 2 + B_Q(E(x2)) / 2)|^2`` per token, averaged."""
     total, metrics = x.new_zeros(()), {}
     for level in range(model.config.levels):
         latents = model.encoders[level](x[:, None])
@@ -130,7 +144,14 @@ def vqvae_loss(model: VQVAE, x: torch.Tensor, codebooks: Codebooks | None, gener
         target = x[:, : recon.shape[-1]]
         l2, spectral = (recon - target).pow(2).mean(), _spectral(target, recon)
         total = total + l2 + spectral + 0.02 * commit
-        for name, value in (("l2", l2), ("spectral", spectral), ("commit", commit)):
+        parts = {"l2": l2, "spectral": spectral, "commit": commit}
+        triples = batch // 3
+        if linearize and triples:
+            q = straight.view(batch, length, width)[: 3 * triples]
+            summed = _quantise_straight(0.5 * q[0::3] + 0.5 * q[1::3], model.codebook(level))
+            parts["lin"] = (q[2::3] - summed).pow(2).sum(-1).mean()
+            total = total + parts["lin"]
+        for name, value in parts.items():
             metrics[f"{name}_{level}"] = value.item()
     return total, metrics
 
@@ -150,18 +171,17 @@ class Sampler:
         return np.pad(x[start : start + length], (0, max(0, length - len(x))))
 
     def audio(self, batch: int, length: int) -> torch.Tensor:
-        """Single stems and mixtures of random pairs, in equal shares, each brought to an RMS of
-        ``TRAIN_RMS`` +- 6 dB (rendered stems are quiet; a fixed level keeps the losses in range)."""
-        rows = []
-        for i in range(batch):
-            kind = i % 3
-            if kind < 2:
-                x = self._segment(STEMS[kind], length)
-            else:
-                x = (self._segment("drums", length) + self._segment("bass", length)) / 2
-            gain = TRAIN_RMS / max(float(np.sqrt(np.mean(x**2))), 1e-4) * 10 ** (self.rng.uniform(-6, 6) / 20)
-            rows.append(np.clip(x * gain, -1, 1))
-        return torch.from_numpy(np.stack(rows).astype(np.float32))
+        """Triples of rows: a drum segment, a bass segment (random tracks and times) and their
+        mixture ``(x1 + x2) / 2``, scaled together so that the mixture's RMS is ``TRAIN_RMS``
+        +- 6 dB, the level separation gives the VQ-VAE (rendered stems are quiet; a fixed level
+        keeps the losses in range and the codebook in use)."""
+        rows: list[np.ndarray] = []
+        while len(rows) < batch:
+            x1, x2 = self._segment("drums", length), self._segment("bass", length)
+            y = (x1 + x2) / 2
+            gain = TRAIN_RMS / max(float(np.sqrt(np.mean(y**2))), 1e-4) * 10 ** (self.rng.uniform(-6, 6) / 20)
+            rows += [x1 * gain, x2 * gain, y * gain]
+        return torch.from_numpy(np.clip(np.stack(rows[:batch]), -1, 1).astype(np.float32))
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -228,7 +248,8 @@ def train(request: TrainRequest, progress=None) -> Path:
     while step < request.steps:
         model.train()
         if request.what == "vqvae":
-            loss, metrics = vqvae_loss(model, sampler.audio(request.batch_size, request.segment), codebooks, generator)
+            batch = sampler.audio(request.batch_size, request.segment)
+            loss, metrics = vqvae_loss(model, batch, codebooks, generator, request.linearize)
         else:
             tokens = sampler.tokens(request.batch_size, model.config.n_ctx)
             logits = model(tokens)
@@ -261,7 +282,8 @@ def _validate(model, val, request: TrainRequest, codebooks) -> dict[str, float]:
     model.eval()
     state = val.rng.bit_generator.state
     if request.what == "vqvae":
-        loss, metrics = vqvae_loss(model, val.audio(request.batch_size, request.segment), None, torch.Generator())
+        batch = val.audio(request.batch_size, request.segment)
+        loss, metrics = vqvae_loss(model, batch, None, torch.Generator(), request.linearize)
         result = {"val_loss": float(loss), **{f"val_{k}": v for k, v in metrics.items()}}
     else:
         tokens = val.tokens(request.batch_size, model.config.n_ctx)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lass_cli.checkpoint import read_checkpoint
 from lass_cli.prior import Prior
-from lass_cli.vqvae import VQVAE
+from lass_cli.vqvae import VQVAE, VQVAEConfig
 
 from .slakh_folder import render
 from .test_cli import lass
@@ -75,3 +76,27 @@ def test_prior_training_on_vqvae_tokens(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     missing = lass("train", "prior", str(data), "--out", "p3", "--vqvae", "v/vqvae.safetensors", cwd=tmp_path)
     assert missing.returncode == 2  # --stem is required
+
+
+def test_linearisation_loss_uses_pairs_and_their_mixture(data, tmp_path):
+    from lass_cli.train import TRAIN_RMS, Sampler, vqvae_loss
+
+    sampler = Sampler(str(data), "train", 22050, seed=4)
+    rows = sampler.audio(7, 2048).numpy()
+    np.testing.assert_allclose(rows[2], (rows[0] + rows[1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(rows[5], (rows[3] + rows[4]) / 2, atol=1e-6)
+    assert 0.5 * TRAIN_RMS < np.sqrt(np.mean(rows[2] ** 2)) < 2 * TRAIN_RMS
+    model = VQVAE(VQVAEConfig(levels=1, downs_t=(3,), strides_t=(2,), emb_width=8, l_bins=16, width=8, depth=1,
+                              hvqvae_multipliers=(1,)))  # fmt: skip
+    with torch.no_grad():
+        model.bottleneck.level_blocks[0].k.normal_()
+    _, plain = vqvae_loss(model, torch.from_numpy(rows), None, torch.Generator())
+    total, metrics = vqvae_loss(model, torch.from_numpy(rows), None, torch.Generator(), linearize=True)
+    assert "lin_0" not in plain and metrics["lin_0"] >= 0
+    total.backward()
+    assert model.encoders[0].level_blocks[0].model[0][0].weight.grad is not None
+    run = lass("train", "vqvae", str(data), "--out", "lin", "--preset", "tiny", "--steps", "2", "--batch-size", "3",
+               "--segment", "2048", "--checkpoint-every", "1", "--linearize", "-q", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    log = [json.loads(line) for line in (tmp_path / "lin/log.jsonl").read_text().splitlines()]
+    assert all("lin_0" in e for e in log)
