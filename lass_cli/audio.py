@@ -92,6 +92,17 @@ def from_windows(windows: np.ndarray, length: int) -> np.ndarray:
     return windows.reshape(-1)[:length]
 
 
+def rms(x: np.ndarray) -> float:
+    """Root mean square (0 for an empty signal)."""
+    return float(np.sqrt(np.mean(np.asarray(x, np.float64) ** 2))) if np.size(x) else 0.0
+
+
+def gain_to(x: np.ndarray, target: float | None) -> float:
+    """The factor that brings ``x`` to RMS ``target``; 1 without a target or for silence."""
+    level = rms(x)
+    return target / level if target and level > 1e-6 else 1.0
+
+
 def limit_peaks(stems: dict[str, np.ndarray], mode: str) -> dict[str, np.ndarray]:
     """Keep samples within [-1, 1] for integer formats: ``rescale`` scales every stem of a file
     by one common factor when any peak exceeds 1, ``clamp`` clips, ``none`` leaves them."""
@@ -123,6 +134,6 @@ def save(path: str | Path, audio: np.ndarray, rate: int, fmt: str = "wav", bits:
 
 
 __all__ = [
-    "AudioError", "BITS", "FORMATS", "fit_length", "from_windows", "limit_peaks", "load", "resample", "save",
-    "to_mono", "to_windows",
+    "AudioError", "BITS", "FORMATS", "fit_length", "from_windows", "gain_to", "limit_peaks", "load", "resample",
+    "rms", "save", "to_mono", "to_windows",
 ]  # fmt: skip

@@ -202,9 +202,7 @@ def run_evaluate(request: EvaluateRequest, progress=None) -> dict[str, Any]:
 
 def row_gain(separator: Separator, y: np.ndarray, normalize: bool) -> float:
     """The factor that brings a row's ``y`` to the model's training level (1 without one)."""
-    level = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
-    target = separator.spec.input_rms
-    return target / level if normalize and target and level > 1e-6 else 1.0
+    return audio.gain_to(y, separator.spec.input_rms) if normalize else 1.0
 
 
 def _segments(chunk: Chunk, loader) -> dict[str, np.ndarray]:

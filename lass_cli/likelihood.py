@@ -211,12 +211,30 @@ class Likelihood:
         m = mixture.cpu()
         return self.offsets[m + 1] - self.offsets[m]
 
+    def plan(self, mixture: torch.Tensor) -> StepPlan:
+        """Where the candidates of every (window, step) of (W, S) mixture tokens lie, worked out
+        once per search so that the per-step loop only gathers on the device."""
+        m = mixture.cpu()
+        entries = self.offsets[m + 1] - self.offsets[m]
+        return StepPlan(
+            starts=self.offsets[m].to(self.device),
+            counts=entries.to(self.device),
+            widths=entries.max(0).values.tolist() if len(m) else [],
+            fallback=entries == 0,
+        )
+
     def candidates(self, mixture: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidate pairs of W mixture tokens, padded to ``width`` (at least the largest count):
         z1, z2 (W, width) long and scores (W, width) float32, -inf in the padding."""
+        m = mixture.cpu()
+        start = self.offsets[m].to(self.device)
+        return self.gather(start, self.offsets[m + 1].to(self.device) - start, width)
+
+    def gather(
+        self, start: torch.Tensor, count: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`candidates`, from each window's first entry and number of entries (on the device)."""
         device = self.device
-        start = self.offsets[mixture.cpu()].to(device)
-        count = (self.offsets[mixture.cpu() + 1]).to(device) - start
         column = torch.arange(width, device=device)
         valid = column[None, :] < count[:, None]
         index = torch.where(valid, start[:, None] + column[None, :], 0)
@@ -227,4 +245,15 @@ class Likelihood:
         return self.z1[index], self.z2[index], scores
 
 
-__all__ = ["Counts", "Likelihood", "LikelihoodFileError"]
+@dataclass
+class StepPlan:
+    """Per (window, step): first candidate entry and how many (device), the widest step (host),
+    and the steps with no entries at all, which use the priors alone (host)."""
+
+    starts: torch.Tensor
+    counts: torch.Tensor
+    widths: list[int]
+    fallback: torch.Tensor
+
+
+__all__ = ["Counts", "Likelihood", "LikelihoodFileError", "StepPlan"]

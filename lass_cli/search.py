@@ -157,9 +157,8 @@ def beam_search(
     device = likelihood.device
     mixture = mixture.cpu()
     windows, length = mixture.shape
-    entries = likelihood.entries(mixture)
-    widths = entries.max(0).values.tolist() if windows else []
-    fallback = entries == 0
+    plan = likelihood.plan(mixture)
+    widths, fallback = plan.widths, plan.fallback
     caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
     cum = torch.zeros(windows, 1, device=device, dtype=torch.float64)
     parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
@@ -174,7 +173,8 @@ def beam_search(
         )
         step_fallback = fallback[:, t]
         if widths[t]:
-            picked = _best_pairs(cum, lp1, lp2, likelihood.candidates(mixture[:, t], widths[t]), beams)
+            candidates = likelihood.gather(plan.starts[:, t], plan.counts[:, t], widths[t])
+            picked = _best_pairs(cum, lp1, lp2, candidates, beams)
         if step_fallback.any():
             alone = _best_pairs_from_priors(cum, lp1, lp2, beams)
             if widths[t]:
@@ -229,9 +229,8 @@ def sample_search(
     mixture = mixture.cpu()
     windows, length = mixture.shape
     n = options.samples
-    entries = likelihood.entries(mixture)
-    widths = entries.max(0).values.tolist() if windows else []
-    fallback = entries == 0
+    plan = likelihood.plan(mixture)
+    widths, fallback = plan.widths, plan.fallback
     generator = torch.Generator(device=device).manual_seed(options.seed)
     caches = [prior.new_cache(rows=windows * n, max_len=length) for prior in priors]
     tokens = torch.zeros(2, windows, n, length, dtype=torch.long, device=device)
@@ -245,7 +244,7 @@ def sample_search(
         score = torch.full((windows, n), float("-inf"), device=device)
         z1 = z2 = torch.zeros(windows, n, dtype=torch.long, device=device)
         if widths[t]:
-            c1, c2, ll = likelihood.candidates(mixture[:, t], widths[t])
+            c1, c2, ll = likelihood.gather(plan.starts[:, t], plan.counts[:, t], widths[t])
             expand = (windows, n, widths[t])
             post = lp1.gather(2, c1[:, None].expand(expand)) + lp2.gather(2, c2[:, None].expand(expand)) + ll[:, None]
             pick = _gumbel_argmax(_top_k_mask(post, options.top_k), generator)

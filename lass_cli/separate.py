@@ -199,8 +199,8 @@ class Separator:
         decoding; a silent input is left as it is."""
         mono = audio.to_mono(mix)
         y = audio.resample(mono, rate, self.spec.sample_rate) / 2
-        level = float(np.sqrt(np.mean(y.astype(np.float64) ** 2))) if len(y) else 0.0
-        gain = self.spec.input_rms / level if normalize and self.spec.input_rms and level > 1e-6 else 1.0
+        level = audio.rms(y)
+        gain = audio.gain_to(y, self.spec.input_rms) if normalize else 1.0
         y = (y * gain).astype(np.float32)
         windows = audio.to_windows(y, self.window_samples)
         group = batch_windows or self.default_batch_windows(options)

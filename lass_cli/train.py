@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .audio import rms
 from .prior import Prior, PriorConfig
 from .slakh import default_classes, find_tracks, load_stems
 from .vqvae import VQVAE, VQVAEConfig, nearest_codes
@@ -179,7 +180,7 @@ class Sampler:
         while len(rows) < batch:
             x1, x2 = self._segment("drums", length), self._segment("bass", length)
             y = (x1 + x2) / 2
-            gain = TRAIN_RMS / max(float(np.sqrt(np.mean(y**2))), 1e-4) * 10 ** (self.rng.uniform(-6, 6) / 20)
+            gain = TRAIN_RMS / max(rms(y), 1e-4) * 10 ** (self.rng.uniform(-6, 6) / 20)
             rows += [x1 * gain, x2 * gain, y * gain]
         return torch.from_numpy(np.clip(np.stack(rows[:batch]), -1, 1).astype(np.float32))
 
@@ -313,7 +314,7 @@ class TokenSampler:
             for track in tracks:
                 stems = load_stems(track, vqvae.config.sr)
                 y = (stems["drums"] + stems["bass"]) / 2  # the stem at the level separation gives it
-                gain = TRAIN_RMS / max(float(np.sqrt(np.mean(y.astype(np.float64) ** 2))), 1e-4)
+                gain = TRAIN_RMS / max(rms(y), 1e-4)
                 x = torch.from_numpy((stems[stem] * gain).astype(np.float32))[None]
                 self.sequences.append(vqvae.encode(x).clone()[0])
         partial = cache.with_name(f".{cache.name}.partial")
