@@ -115,11 +115,15 @@ search_options = [
     click.option("-n", "--model", default=None, help="Model name (see `lass models`)."),
     registry_option,
     click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
-    click.option("--sampler", type=click.Choice(["beam", "greedy", "sample"]), default="beam", show_default=True),
+    click.option("--sampler", type=click.Choice(["beam", "greedy", "sample"]), default=None,
+                 help="Search method (default: the model's, else beam)."),
     click.option("--beams", type=click.IntRange(min=1), default=None, help="Beam width B (default 100; 10 on CPU)."),
-    click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
-                 help="Candidates per window for --sampler sample."),
+    click.option("--samples", type=click.IntRange(min=1), default=None,
+                 help="Candidates per window for --sampler sample (default: the model's, else 16)."),
     click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sampling: keep the k best pairs per step."),
+    click.option("--select", type=click.Choice(["mixture", "priors", "posterior"]), default=None,
+                 help="Sampling: keep the candidate that best rebuilds the mixture (default), that the priors "
+                 "like best (LQ-VAE rejection) or with the best posterior."),
     click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
     click.option("--lambda", "weight", type=float, default=None, help="Likelihood weight (model default, 3 upstream)."),
     click.option("--seed", type=int, default=0, show_default=True),
@@ -127,6 +131,8 @@ search_options = [
                  help="Windows searched at once (default: as many as fit in half the free memory)."),
     click.option("--normalize/--no-normalize", default=True, show_default=True,
                  help="Scale the input to the model's training level and the stems back."),
+    click.option("--wiener/--no-wiener", default=None,
+                 help="Use the decoded stems as soft masks on the mixture (default: the model's setting)."),
 ]  # fmt: skip
 
 
@@ -385,6 +391,10 @@ def _train(what: str, data: str, quiet: bool, **options: Any) -> None:
 @click.argument("data", type=click.Path(file_okay=False))
 @click.option("--segment", type=click.IntRange(min=256), default=16384, show_default=True, help="Samples per example.")
 @click.option("--linearize", is_flag=True, help="Add the LQ-VAE post-quantisation linearisation loss.")
+@click.option(
+    "--lin-weight", type=click.FloatRange(min=0), default=0.1, show_default=True,
+    help="Weight of that loss (the paper uses 1; at our scale 1 swamps the reconstruction loss).",
+)  # fmt: skip
 @with_options(train_options)
 @one_line_errors
 def train_vqvae(data: str, quiet: bool, **options: Any) -> None:
@@ -409,12 +419,12 @@ def train_prior(data: str, quiet: bool, **options: Any) -> None:
 @one_line_errors
 def models(registries: tuple[str, ...], as_json: bool) -> None:
     """List the models, whether their files are here, and their size on disk."""
-    from .registry import is_present, load_registry, model_size
+    from .registry import FILELESS, is_present, load_registry, model_size
 
     rows = []
     for spec in load_registry(list(registries)).values():
         missing = [f.role for f in spec.files if not is_present(spec, f)]
-        generated = all(f.format == "random" for f in spec.files)
+        generated = all(f.format in FILELESS for f in spec.files)
         status = "generated" if generated else ("ready" if not missing else f"missing {', '.join(missing)}")
         rows.append({"name": spec.name, "stems": list(spec.stems), "sample_rate": spec.sample_rate,
                      "window_tokens": spec.window_tokens, "status": status, "bytes": model_size(spec),

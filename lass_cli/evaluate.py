@@ -114,6 +114,7 @@ def _settings(request: EvaluateRequest, separator: Separator, options: SearchOpt
         "search": asdict(options),
         "lambda": separator.likelihood.weight,
         "normalize": request.normalize,
+        "wiener": separator.spec.wiener if request.wiener is None else request.wiener,
         "protocol": {
             "rate": separator.spec.sample_rate,
             "window_samples": separator.window_samples,
@@ -157,7 +158,7 @@ def run_evaluate(request: EvaluateRequest, progress=None) -> dict[str, Any]:
     shard_index, shard_count = parse_shard(request.shard)
     spec, _ = choose_model(load_registry(list(request.registries)), request.model)
     device = pick_device(request.device)
-    options = request.search_options(device)
+    options = request.search_options(device, spec)
     separator = Separator.load(spec, device, weight=request.weight)
     settings = _settings(request, separator, options)
     stems = list(spec.stems)
@@ -220,7 +221,9 @@ def _evaluate_batch(
     gains = [row_gain(separator, sum(t.values()) / 2, request.normalize) for t in truths]
     # One signal of padded chunks: each chunk is exactly one window, and windows are independent.
     mix = np.concatenate([audio.fit_length(sum(t.values()) * g, window) for t, g in zip(truths, gains)])
-    scaled, details = separator.separate(mix[None], rate, options, None, len(group), normalize=False)
+    scaled, details = separator.separate(
+        mix[None], rate, options, None, len(group), normalize=False, wiener=request.wiener
+    )
     estimates = {s: np.concatenate([scaled[s][j * window : (j + 1) * window] / g for j, g in enumerate(gains)])
                  for s in stems}  # fmt: skip
     oracle = {}

@@ -29,7 +29,7 @@ import torch
 from .checkpoint import load_strict
 from .likelihood import Counts
 from .prior import Prior, PriorConfig
-from .registry import FileSpec, ModelSpec, hub_cache, locate, model_dir
+from .registry import FILELESS, FileSpec, ModelSpec, hub_cache, locate, model_dir
 from .separate import load_parts, sha256_of
 from .vqvae import VQVAE, VQVAEConfig, from_transformers_keys
 
@@ -197,7 +197,7 @@ def fetch(model: ModelSpec, say: Say = lambda _: None) -> list[dict[str, Any]]:
     for spec in model.files:
         entry: dict[str, Any] = {"role": spec.role}
         found = locate(model, spec)
-        if spec.format == "random":
+        if spec.format in FILELESS:
             entry["status"] = "generated"
         elif found is not None:
             entry.update(status="present", path=str(found))
@@ -285,8 +285,9 @@ def export_bundle(model: ModelSpec, out_dir: str | Path, repo: str) -> list[Path
     for stem, prior in zip(model.stems, parts.priors):
         written[f"prior.{stem}"] = out / f"prior_{stem}.safetensors"
         prior.save(written[f"prior.{stem}"])
-    written["likelihood"] = out / "sum_frequencies.npz"
-    parts.counts.save(written["likelihood"])
+    if parts.counts is not None:
+        written["likelihood"] = out / "sum_frequencies.npz"
+        parts.counts.save(written["likelihood"])
     lines = [
         f"[models.{model.name}]",
         f'description = "{model.description}"',
@@ -302,9 +303,16 @@ def export_bundle(model: ModelSpec, out_dir: str | Path, repo: str) -> list[Path
         lines += ["", header, f'format = "{fmt}"', f'repo = "{repo}"', f'filename = "{path.name}"',
                   'revision = "<commit after upload>"', f'sha256 = "{sha256_of(path)}"',
                   f"size = {path.stat().st_size}"]  # fmt: skip
+    if parts.counts is None:
+        config = ", ".join(f"{k} = {json.dumps(v)}" for k, v in model.likelihood.config.items())
+        lines += ["", f"[models.{model.name}.likelihood]", 'format = "latent"', f"config = {{ {config} }}"]
+        about = "Likelihood: the LQ-VAE latent likelihood (no file; " + (config or "defaults") + ")."
+    else:
+        summary = parts.counts.summary()
+        about = (f"Likelihood counts: K = {summary['bins']}, {summary['nnz']} nonzeros, "
+                 f"density {summary['density']:.3g}.")  # fmt: skip
     snippet = out / "models.toml"
     snippet.write_text("\n".join(lines) + "\n")
-    summary = parts.counts.summary()
     card = out / "README.md"
     card.write_text(
         f"---\nlibrary_name: lass-cli\ntags: [audio, source-separation, lass]\n---\n\n# {model.name}\n\n"
@@ -312,8 +320,7 @@ def export_bundle(model: ModelSpec, out_dir: str | Path, repo: str) -> list[Path
         f"{', '.join(model.stems)}; {model.sample_rate} Hz; windows of {model.window_tokens} tokens).\n\n"
         "| file | bytes | sha256 |\n|---|---|---|\n"
         + "".join(f"| {p.name} | {p.stat().st_size} | {sha256_of(p)} |\n" for p in written.values())
-        + f"\nLikelihood counts: K = {summary['bins']}, {summary['nnz']} nonzeros, "
-        f"density {summary['density']:.3g}.\n\n"
+        + f"\n{about}\n\n"
         f"Use: add `models.toml` from this folder to a registry (`lass separate --registry models.toml ...`) "
         f"after filling in the revision.\n"
     )

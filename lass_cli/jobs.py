@@ -7,6 +7,7 @@ it (resume) and a killed run leaves no half-written stem.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -35,22 +36,27 @@ class SearchRequest:
     model: str | None = None
     registries: tuple[str, ...] = ()
     device: str = "auto"
-    sampler: str = "beam"
+    sampler: str | None = None  # None here and below: the model's [search] setting, else the default
     beams: int | None = None
-    samples: int = 16
+    samples: int | None = None
     top_k: int | None = None
+    select: str | None = None
     temperature: float = 1.0
     weight: float | None = None
     seed: int = 0
     batch_windows: int | None = None
     normalize: bool = True
+    wiener: bool | None = None  # None: the model's setting
     quiet: bool = False
 
-    def search_options(self, device: torch.device) -> SearchOptions:
-        """The search options; B defaults to 100 (the paper's) on CUDA and 10 on CPU."""
-        beams = self.beams or (100 if device.type == "cuda" else 10)
-        return SearchOptions(method=self.sampler, beams=beams, temperature=self.temperature, top_k=self.top_k,
-                             samples=self.samples, seed=self.seed)  # fmt: skip
+    def search_options(self, device: torch.device, spec: ModelSpec) -> SearchOptions:
+        """The search options: what was asked, else the model's ``[search]`` defaults, else
+        SearchOptions' own; B defaults to 100 (the paper's) on CUDA and 10 on CPU."""
+        asked = {"method": self.sampler, "beams": self.beams, "samples": self.samples, "top_k": self.top_k,
+                 "select": self.select}  # fmt: skip
+        settings = {**spec.search, **{k: v for k, v in asked.items() if v is not None}}
+        settings.setdefault("beams", 100 if device.type == "cuda" else 10)
+        return SearchOptions(**settings, temperature=self.temperature, seed=self.seed)
 
 
 @dataclass(kw_only=True)
@@ -69,8 +75,10 @@ class SeparateRequest(SearchRequest):
 
 
 def choose_model(models: dict[str, ModelSpec], name: str | None) -> tuple[ModelSpec, str | None]:
-    """The named model, else the paper's model if all its files are here, else the first model whose
-    files are all present. Returns the model and a notice for stderr when it was chosen for the user."""
+    """The named model (``--model``, else ``$LASS_MODEL``), else the paper's model if all its files
+    are here, else the first model whose files are all present (the embedded one on a fresh install).
+    Returns the model and a notice for stderr when it was chosen for the user."""
+    name = name or os.environ.get("LASS_MODEL") or None
     if name:
         return get_model(models, name), None
     paper = models.get(PAPER_MODEL)
@@ -184,7 +192,9 @@ def _separate_one(
     references: dict[str, Path], progress: Progress,
 ) -> dict[str, Any]:  # fmt: skip
     mix, rate = audio.load(source)
-    stems, details = separator.separate(mix, rate, options, progress.step, request.batch_windows, request.normalize)
+    stems, details = separator.separate(
+        mix, rate, options, progress.step, request.batch_windows, request.normalize, request.wiener
+    )
     peaks = {stem: float(np.abs(x).max()) for stem, x in stems.items()}
     written = audio.limit_peaks(stems, request.clip_mode)
     metrics = {}
@@ -235,7 +245,7 @@ def run_separate(request: SeparateRequest) -> dict[str, Any]:
     plans = output_paths(request, spec)
     references = parse_references(request, spec.stems)
     device = pick_device(request.device)
-    options = request.search_options(device)
+    options = request.search_options(device, spec)
     separator = Separator.load(spec, device, weight=request.weight)
     progress = Progress(sys.stderr.isatty() and not request.quiet and not request.as_json, len(request.inputs))
     results = []

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # Compact pending observations once they outnumber this many (or the stored triples).
 _COMPACT_AT = 4_000_000
@@ -180,6 +181,7 @@ class Likelihood:
     z1: torch.Tensor  # (nnz,) long
     z2: torch.Tensor  # (nnz,) long
     scores: torch.Tensor  # (nnz,) float32, weight * log P
+    observes = "tokens"
 
     @classmethod
     def from_counts(cls, counts: Counts, weight: float, device: str | torch.device) -> Likelihood:
@@ -214,6 +216,8 @@ class Likelihood:
     def plan(self, mixture: torch.Tensor) -> StepPlan:
         """Where the candidates of every (window, step) of (W, S) mixture tokens lie, worked out
         once per search so that the per-step loop only gathers on the device."""
+        if mixture.dim() != 2:
+            raise ValueError(f"mixture tokens must be (windows, S), got shape {tuple(mixture.shape)}")
         m = mixture.cpu()
         entries = self.offsets[m + 1] - self.offsets[m]
         return StepPlan(
@@ -243,6 +247,41 @@ class Likelihood:
             return zeros, zeros, torch.full(index.shape, float("-inf"), device=device)
         scores = torch.where(valid, self.scores[index], float("-inf"))
         return self.z1[index], self.z2[index], scores
+
+    def pairs(
+        self, plan: StepPlan, t: int, lp1: torch.Tensor, lp2: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate pairs of step t for every row and their log posterior, (W, R, N) each.
+
+        A window whose mixture token was never counted has no candidates and uses the priors
+        alone: the best ``keep`` pairs of a row lie among its ``keep`` best tokens of each prior."""
+        windows, rows, _ = lp1.shape
+        counted = alone = None
+        if plan.widths[t]:
+            z1, z2, ll = self.gather(plan.starts[:, t], plan.counts[:, t], plan.widths[t])
+            shape = (windows, rows, z1.shape[1])
+            z1, z2 = z1[:, None].expand(shape), z2[:, None].expand(shape)
+            counted = z1, z2, ll[:, None] + lp1.gather(2, z1) + lp2.gather(2, z2)
+        use = plan.fallback[:, t]
+        if use.any():
+            c = min(keep, lp1.shape[2])
+            v1, i1 = lp1.topk(c, dim=2)
+            v2, i2 = lp2.topk(c, dim=2)
+            shape = (windows, rows, c, c)
+            alone = (
+                i1[..., :, None].expand(shape).reshape(windows, rows, c * c),
+                i2[..., None, :].expand(shape).reshape(windows, rows, c * c),
+                (v1[..., :, None] + v2[..., None, :]).view(windows, rows, c * c),
+            )
+        if counted is None or alone is None:
+            return counted or alone  # type: ignore[return-value]
+        width = max(counted[0].shape[2], alone[0].shape[2])
+        use = use.to(self.device)[:, None, None]
+        pad = lambda x, fill: F.pad(x, (0, width - x.shape[2]), value=fill)  # noqa: E731
+        z1, z2, post = (
+            torch.where(use, pad(a, fill), pad(b, fill)) for a, b, fill in zip(alone, counted, (0, 0, float("-inf")))
+        )
+        return z1, z2, post
 
 
 @dataclass

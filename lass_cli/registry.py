@@ -25,7 +25,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FORMATS = ("jukebox", "safetensors", "transformers-jukebox", "sparse-npz", "random")
+FORMATS = ("jukebox", "safetensors", "transformers-jukebox", "sparse-npz", "random", "latent")
+# Formats with no file: ``random`` is made from a seed, ``latent`` (the LQ-VAE likelihood) from the VQ-VAE.
+FILELESS = ("random", "latent")
 
 
 class RegistryError(ValueError):
@@ -87,6 +89,8 @@ class ModelSpec:
     likelihood: FileSpec
     level: int = -1
     input_rms: float | None = None
+    wiener: bool = False
+    search: dict[str, Any] = field(default_factory=dict)  # default search options (method, samples, ...)
     archive: str | None = None
     source: Path | None = None
 
@@ -143,9 +147,18 @@ def _file_spec(role: str, table: dict[str, Any], base: Path | None, model: str) 
         config=dict(table.get("config", {})),
         seed=int(table.get("seed", 0)),
     )
-    if fmt != "random" and not (spec.path or spec.on_hub or spec.archive_member):
+    if fmt not in FILELESS and not (spec.path or spec.on_hub or spec.archive_member):
         raise RegistryError(f"model {model}: {role} needs a path, Hub coordinates or an archive member")
     return spec
+
+
+SEARCH_KEYS = ("method", "beams", "samples", "top_k", "select")
+
+
+def _search_defaults(model: str, table: Any) -> dict[str, Any]:
+    if not isinstance(table, dict) or set(table) - set(SEARCH_KEYS):
+        raise RegistryError(f"model {model}: 'search' must be a table of {', '.join(SEARCH_KEYS)}")
+    return dict(table)
 
 
 def _model_spec(name: str, table: dict[str, Any], source: Path | None) -> ModelSpec:
@@ -167,6 +180,8 @@ def _model_spec(name: str, table: dict[str, Any], source: Path | None) -> ModelS
             likelihood=_file_spec("likelihood", table["likelihood"], base, name),
             level=int(table.get("level", -1)),
             input_rms=float(table["input_rms"]) if "input_rms" in table else None,
+            wiener=bool(table.get("wiener", False)),
+            search=_search_defaults(name, table.get("search", {})),
             archive=table.get("archive"),
             source=source,
         )
@@ -218,8 +233,8 @@ def _hub_cached(spec: FileSpec) -> Path | None:
 
 
 def locate(model: ModelSpec, spec: FileSpec) -> Path | None:
-    """The local file of ``spec`` if it is on this machine, else None (``random`` needs none)."""
-    if spec.format == "random":
+    """The local file of ``spec`` if it is on this machine, else None (FILELESS formats need none)."""
+    if spec.format in FILELESS:
         return None
     if spec.path is not None:
         return spec.path if spec.path.is_file() else None
@@ -233,12 +248,12 @@ def locate(model: ModelSpec, spec: FileSpec) -> Path | None:
 
 
 def is_present(model: ModelSpec, spec: FileSpec) -> bool:
-    return spec.format == "random" or locate(model, spec) is not None
+    return spec.format in FILELESS or locate(model, spec) is not None
 
 
 def require(model: ModelSpec, spec: FileSpec) -> Path | None:
     """Like :func:`locate` but raises a one-line error saying how to get a missing file."""
-    if spec.format == "random":
+    if spec.format in FILELESS:
         return None
     found = locate(model, spec)
     if found is not None:

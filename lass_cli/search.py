@@ -1,9 +1,12 @@
-"""LASS samplers: pick both sources' tokens given two priors, the likelihood and the mixture tokens.
+"""LASS samplers: pick both sources' tokens given two priors, a likelihood and the mixture.
 
 At step s every row has log p1(. | z1<s) and log p2(. | z2<s) from its priors; the posterior of a
-pair is ``log p1(z1) + log p2(z2) + lambda log P(m_s | z1, z2)``. Only pairs with ``P > 0`` can win,
-so scores are computed on the likelihood's candidate pairs for ``m_s``, never on the K x K grid.
-A mixture token that was never counted has no candidates: that step uses the priors alone.
+pair is ``log p1(z1) + log p2(z2) + log p(m_s | z1, z2)``. The likelihood names the candidate pairs
+of each step, never the K x K grid: the counted one (:mod:`lass_cli.likelihood`) the pairs with
+``P > 0`` for the mixture token (the priors alone where it was never counted), the latent one
+(:mod:`lass_cli.latent`) each row's top-k x top-k tokens under the priors and the pairs the
+likelihood alone ranks best. Beam search keeps every final beam and sampling every sample as
+candidates, for masks averaged over them (:mod:`lass_cli.masks`).
 
 All W windows advance together: each prior sees W x B rows per step. The priors are used through
 a small interface (``new_cache(rows, max_len, capacity)``, ``step(cache, previous)``,
@@ -14,15 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .likelihood import Likelihood
-
 METHODS = ("beam", "greedy", "sample")
+SELECTIONS = ("mixture", "priors", "posterior")
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all), for progress bars
+_PRIOR_TOP = 64  # sampling without top_k: tokens per prior combined where the priors decide alone
 
 
 class Cache(Protocol):
@@ -33,6 +36,20 @@ class PriorLike(Protocol):
     def new_cache(self, rows: int, max_len: int | None = None, capacity: int | None = None) -> Cache: ...
 
     def step(self, cache: Cache, previous: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class StepLikelihood(Protocol):
+    """``plan`` reads the mixture once per search (its ``fallback`` is a (W, S) bool tensor);
+    ``pairs`` gives step t's candidate pairs of every row with their log posterior, (W, R, N) each."""
+
+    observes: str  # "tokens" or "latents"
+    device: torch.device
+
+    def plan(self, mixture: torch.Tensor) -> Any: ...
+
+    def pairs(
+        self, plan: Any, t: int, lp1: torch.Tensor, lp2: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,7 @@ class SearchOptions:
         top_k: sampling only: draw among the k best pairs of each step (None: all).
         samples: sampling only: candidates per window.
         seed: sampling only: the random stream (results are reproducible on one device).
+        select: sampling only: how one candidate is chosen (see :func:`sample_search`).
     """
 
     method: str = "beam"
@@ -55,10 +73,13 @@ class SearchOptions:
     top_k: int | None = None
     samples: int = 16
     seed: int = 0
+    select: str = "mixture"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         if self.beams < 1 or self.samples < 1 or (self.top_k is not None and self.top_k < 1):
             raise ValueError("beams, samples and top_k must be at least 1")
         if not self.temperature > 0:
@@ -73,6 +94,7 @@ class SearchResult:
     tokens: tuple[torch.Tensor, torch.Tensor]
     scores: torch.Tensor
     fallback_steps: torch.Tensor
+    candidates: torch.Tensor | None = None  # the final beams, best first, or every sample: (2, W, N, S)
 
 
 def _log_probs(prior: PriorLike, cache: Cache, previous: torch.Tensor | None, temperature: float) -> torch.Tensor:
@@ -104,61 +126,22 @@ def _select(cum: torch.Tensor, post: torch.Tensor, keep: int) -> tuple[torch.Ten
     return torch.where(torch.isfinite(values), total, float("-inf")), parent, index % n
 
 
-def _best_pairs(
-    cum: torch.Tensor,
-    lp1: torch.Tensor,
-    lp2: torch.Tensor,
-    candidates: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    keep: int,
-) -> tuple[torch.Tensor, ...]:
-    """The ``keep`` best (prefix score + posterior) over all rows x candidate pairs of each window.
-
-    cum (W, R), lp (W, R, K), candidates (W, N). Returns totals, parent row, z1, z2, each (W, keep).
-    """
-    z1, z2, ll = candidates
-    windows, rows = cum.shape
-    n = z1.shape[1]
-    post = ll[:, None, :] + lp1.gather(2, z1[:, None, :].expand(windows, rows, n))
-    post = post + lp2.gather(2, z2[:, None, :].expand(windows, rows, n))
-    total, parent, column = _select(cum, post, keep)
-    return total, parent, z1.gather(1, column), z2.gather(1, column)
-
-
-def _best_pairs_from_priors(
-    cum: torch.Tensor, lp1: torch.Tensor, lp2: torch.Tensor, keep: int
-) -> tuple[torch.Tensor, ...]:
-    """As :func:`_best_pairs` with the priors alone: the best ``keep`` pairs of a row lie among
-    its ``keep`` best tokens of each prior, so only those are combined."""
-    windows, rows, bins = lp1.shape
-    c = min(keep, bins)
-    v1, i1 = lp1.topk(c, dim=2)
-    v2, i2 = lp2.topk(c, dim=2)
-    post = (v1[..., :, None] + v2[..., None, :]).view(windows, rows, c * c)
-    total, parent, column = _select(cum, post, keep)
-    a, b = column // c, column % c
-    z1 = i1.view(windows, rows * c).gather(1, parent * c + a)
-    z2 = i2.view(windows, rows * c).gather(1, parent * c + b)
-    return total, parent, z1, z2
-
-
 def beam_search(
     priors: tuple[PriorLike, PriorLike],
-    likelihood: Likelihood,
+    likelihood: StepLikelihood,
     mixture: torch.Tensor,
     beams: int,
     temperature: float = 1.0,
     on_step: StepCallback | None = None,
 ) -> SearchResult:
-    """Beam search over all windows at once; ``mixture`` is (W, S) tokens.
+    """Beam search over all windows at once; ``mixture`` is what the likelihood observes.
 
     The first step starts from one row per window; each step keeps the B best cumulative log
     posteriors over all beams x all candidate pairs; both priors' caches follow the surviving beams.
     """
     device = likelihood.device
-    mixture = mixture.cpu()
-    windows, length = mixture.shape
     plan = likelihood.plan(mixture)
-    widths, fallback = plan.widths, plan.fallback
+    windows, length = plan.fallback.shape
     caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
     cum = torch.zeros(windows, 1, device=device, dtype=torch.float64)
     parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
@@ -171,18 +154,9 @@ def beam_search(
             _log_probs(prior, cache, prev, temperature).view(windows, rows, -1)
             for prior, cache, prev in zip(priors, caches, previous)
         )
-        step_fallback = fallback[:, t]
-        if widths[t]:
-            candidates = likelihood.gather(plan.starts[:, t], plan.counts[:, t], widths[t])
-            picked = _best_pairs(cum, lp1, lp2, candidates, beams)
-        if step_fallback.any():
-            alone = _best_pairs_from_priors(cum, lp1, lp2, beams)
-            if widths[t]:
-                use = step_fallback.to(device)[:, None]
-                picked = tuple(torch.where(use, a, p) for a, p in zip(alone, picked))
-            else:
-                picked = alone
-        cum, parent, z1, z2 = picked
+        c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
+        cum, parent, column = _select(cum, post, beams)
+        z1, z2 = c1[window_index, parent, column], c2[window_index, parent, column]
         parents[t], chosen[0, t], chosen[1, t] = parent, z1, z2
         if t + 1 < length:
             index = (window_index * rows + parent).reshape(-1)
@@ -191,12 +165,18 @@ def beam_search(
             previous = (z1.reshape(-1), z2.reshape(-1))
         if on_step is not None:
             on_step(t + 1, length)
-    scores, beam = cum.max(dim=1)
-    tokens = torch.zeros(2, windows, length, dtype=torch.long, device=device)
+    # Trace every final beam back (the first is the best): the candidates for posterior-mean masks.
+    order = cum.argsort(dim=1, descending=True)
+    kept = order.shape[1]
+    tokens = torch.zeros(2, windows, kept, length, dtype=torch.long, device=device)
+    beam = order
     for t in reversed(range(length)):
-        tokens[:, :, t] = chosen[:, t].gather(2, beam[None, :, None].expand(2, -1, 1))[..., 0]
-        beam = parents[t].gather(1, beam[:, None])[:, 0]
-    return SearchResult((tokens[0], tokens[1]), scores, fallback.sum(1))
+        tokens[:, :, :, t] = chosen[:, t, :, :kept].gather(2, beam[None].expand(2, -1, -1))
+        beam = parents[t, :, :kept].gather(1, beam)
+    alive = torch.isfinite(cum.gather(1, order))  # fewer candidates than beams: -inf rows
+    candidates = tokens[:, :, : max(1, int(alive.sum(1).min()))]
+    scores = cum.gather(1, order[:, :1])[:, 0]
+    return SearchResult((tokens[0, :, 0], tokens[1, :, 0]), scores, plan.fallback.sum(1), candidates)
 
 
 def _top_k_mask(scores: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -215,61 +195,51 @@ def _gumbel_argmax(scores: torch.Tensor, generator: torch.Generator) -> torch.Te
 
 def sample_search(
     priors: tuple[PriorLike, PriorLike],
-    likelihood: Likelihood,
+    likelihood: StepLikelihood,
     mixture: torch.Tensor,
     options: SearchOptions,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     mixture_audio: torch.Tensor | None = None,
     on_step: StepCallback | None = None,
 ) -> SearchResult:
-    """Ancestral sampling of ``options.samples`` candidates per window from the posterior, then the
-    candidate whose decoded sources average closest (L2) to ``mixture_audio`` (the signal that was
-    encoded, (W, T)) when ``decode`` is given, else the one with the highest log posterior."""
+    """Ancestral sampling of ``options.samples`` candidates per window from the posterior, then one
+    candidate per window as ``options.select`` says: ``priors``, the highest log p1(z1) + log p2(z2)
+    (the LQ-VAE paper's prior-based rejection, alpha 0); ``mixture``, the candidate whose decoded
+    sources average closest (L2) to ``mixture_audio`` (the signal that was encoded, (W, T); needs
+    ``decode``, else ``posterior``); ``posterior``, the highest log posterior."""
     device = likelihood.device
-    mixture = mixture.cpu()
-    windows, length = mixture.shape
-    n = options.samples
     plan = likelihood.plan(mixture)
-    widths, fallback = plan.widths, plan.fallback
+    windows, length = plan.fallback.shape
+    n = options.samples
     generator = torch.Generator(device=device).manual_seed(options.seed)
     caches = [prior.new_cache(rows=windows * n, max_len=length) for prior in priors]
     tokens = torch.zeros(2, windows, n, length, dtype=torch.long, device=device)
     cum = torch.zeros(windows, n, device=device, dtype=torch.float64)
+    prior_cum = torch.zeros_like(cum)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
     for t in range(length):
         lp1, lp2 = (
             _log_probs(prior, cache, prev, options.temperature).view(windows, n, -1)
             for prior, cache, prev in zip(priors, caches, previous)
         )
-        score = torch.full((windows, n), float("-inf"), device=device)
-        z1 = z2 = torch.zeros(windows, n, dtype=torch.long, device=device)
-        if widths[t]:
-            c1, c2, ll = likelihood.gather(plan.starts[:, t], plan.counts[:, t], widths[t])
-            expand = (windows, n, widths[t])
-            post = lp1.gather(2, c1[:, None].expand(expand)) + lp2.gather(2, c2[:, None].expand(expand)) + ll[:, None]
-            pick = _gumbel_argmax(_top_k_mask(post, options.top_k), generator)
-            z1, z2 = c1.gather(1, pick), c2.gather(1, pick)
-            score = post.gather(2, pick[..., None])[..., 0]
-        step_fallback = fallback[:, t]
-        if step_fallback.any():
-            a1 = _gumbel_argmax(_top_k_mask(lp1, options.top_k), generator)
-            a2 = _gumbel_argmax(_top_k_mask(lp2, options.top_k), generator)
-            alone = lp1.gather(2, a1[..., None])[..., 0] + lp2.gather(2, a2[..., None])[..., 0]
-            use = step_fallback.to(device)[:, None]
-            z1, z2, score = torch.where(use, a1, z1), torch.where(use, a2, z2), torch.where(use, alone, score)
-        cum += score.double()
-        tokens[0, :, :, t], tokens[1, :, :, t] = z1, z2
+        c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, options.top_k or _PRIOR_TOP)
+        pick = _gumbel_argmax(_top_k_mask(post, options.top_k), generator)[..., None]
+        z1, z2 = c1.gather(2, pick), c2.gather(2, pick)
+        cum += post.gather(2, pick)[..., 0].double()
+        prior_cum += (lp1.gather(2, z1) + lp2.gather(2, z2))[..., 0].double()
+        tokens[0, :, :, t], tokens[1, :, :, t] = z1[..., 0], z2[..., 0]
         previous = (z1.reshape(-1), z2.reshape(-1))
         if on_step is not None:
             on_step(t + 1, length)
-    if decode is not None and mixture_audio is not None:
+    if options.select == "mixture" and decode is not None and mixture_audio is not None:
         error = torch.stack([_mixture_error(decode, tokens[:, w], mixture_audio[w]) for w in range(windows)])
         best = error.to(device).argmin(dim=1)
     else:
-        best = cum.argmax(dim=1)
+        best = (prior_cum if options.select == "priors" else cum).argmax(dim=1)
     pick = best[None, :, None, None].expand(2, windows, 1, length)
     chosen = tokens.gather(2, pick)[:, :, 0]
-    return SearchResult((chosen[0], chosen[1]), cum.gather(1, best[:, None])[:, 0], fallback.sum(1))
+    scores = cum.gather(1, best[:, None])[:, 0]
+    return SearchResult((chosen[0], chosen[1]), scores, plan.fallback.sum(1), candidates=tokens)
 
 
 def _mixture_error(
@@ -285,16 +255,15 @@ def _mixture_error(
 
 def search(
     priors: tuple[PriorLike, PriorLike],
-    likelihood: Likelihood,
+    likelihood: StepLikelihood,
     mixture: torch.Tensor,
     options: SearchOptions = SearchOptions(),
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     mixture_audio: torch.Tensor | None = None,
     on_step: StepCallback | None = None,
 ) -> SearchResult:
-    """Run the sampler ``options.method`` on (W, S) mixture tokens (all windows batched)."""
-    if mixture.dim() != 2:
-        raise ValueError(f"mixture tokens must be (windows, S), got shape {tuple(mixture.shape)}")
+    """Run the sampler ``options.method`` on W mixture windows at once: (W, S) tokens for the
+    counted likelihood, (W, S, D) latents for the latent one (``likelihood.observes``)."""
     with torch.inference_mode():
         if options.method == "sample":
             return sample_search(priors, likelihood, mixture, options, decode, mixture_audio, on_step)

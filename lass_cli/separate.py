@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import audio
+from . import audio, masks
+from .latent import LatentLikelihood
 from .likelihood import Counts, Likelihood
 from .prior import Prior, PriorCache, PriorConfig
 from .registry import FileSpec, ModelSpec, require
@@ -98,7 +99,7 @@ class ModelParts:
 
     vqvae: VQVAE
     priors: tuple[Prior, Prior]
-    counts: Counts
+    counts: Counts | None  # None for the latent likelihood, which needs no file
     files: dict[str, dict[str, Any]]
 
 
@@ -117,6 +118,15 @@ def load_parts(spec: ModelSpec) -> ModelParts:
         role: {"path": str(p), "sha256": sha256_of(p), "bytes": p.stat().st_size} if p else {"generated": True}
         for role, p in paths.items()
     }
+    # The digests are taken for the report anyway: check local files named with a checksum (the
+    # embedded model). Hub downloads were checked by `lass fetch`; an archive's members differ from
+    # the Hub's files, so the registry's checksum does not apply to them.
+    for f in spec.files:
+        if f.sha256 and f.path is not None and paths[f.role] and files[f.role]["sha256"] != f.sha256:
+            raise ValueError(
+                f"model {spec.name}: {f.role} file {paths[f.role]} is damaged or replaced (sha256 "
+                f"{files[f.role]['sha256'][:12]}..., expected {f.sha256[:12]}...); reinstall or fetch it again"
+            )
     vqvae = load_vqvae(spec)
     priors = []
     for stem in spec.stems:
@@ -125,11 +135,13 @@ def load_parts(spec: ModelSpec) -> ModelParts:
             priors.append(_random_prior(p))
         else:
             priors.append(Prior.from_checkpoint(paths[p.role], PriorConfig(**p.config) if p.config else None))
+    counts = None
     if spec.likelihood.format == "random":
         counts = _random_counts(spec.likelihood, vqvae, spec.level)
-    else:
+    elif spec.likelihood.format != "latent":
         counts = Counts.load(paths["likelihood"])
-    if counts.bins != vqvae.config.l_bins or any(p.config.bins != counts.bins for p in priors):
+    bins = vqvae.config.l_bins
+    if (counts is not None and counts.bins != bins) or any(p.config.bins != bins for p in priors):
         raise ValueError(f"model {spec.name}: VQ-VAE, priors and likelihood disagree on the number of tokens")
     return ModelParts(vqvae, (priors[0], priors[1]), counts, files)
 
@@ -141,7 +153,7 @@ class Separator:
     spec: ModelSpec
     vqvae: VQVAE
     priors: tuple[Prior, Prior]
-    likelihood: Likelihood
+    likelihood: Likelihood | LatentLikelihood
     device: torch.device
     dtype: torch.dtype
     files: dict[str, dict[str, Any]]
@@ -155,8 +167,13 @@ class Separator:
         parts = load_parts(spec)
         priors = tuple(p.to(device).set_compute_dtype(dtype) for p in parts.priors)
         weight = spec.likelihood_weight if weight is None else weight
-        likelihood = parts.counts.likelihood(weight, device)
-        return cls(spec, parts.vqvae.to(device), priors, likelihood, device, dtype, parts.files)
+        vqvae = parts.vqvae.to(device)
+        if parts.counts is None:
+            settings = {**spec.likelihood.config, "weight": weight}
+            likelihood = LatentLikelihood.from_codebook(vqvae.codebook(spec.level), **settings, device=device)
+        else:
+            likelihood = parts.counts.likelihood(weight, device)
+        return cls(spec, vqvae, priors, likelihood, device, dtype, parts.files)
 
     @property
     def window_samples(self) -> int:
@@ -176,6 +193,13 @@ class Separator:
     def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.vqvae.encode(chunk, self.spec.level) for chunk in windows.split(_CODER_BATCH)])
 
+    def observe(self, windows: torch.Tensor) -> torch.Tensor:
+        """What the likelihood reads of the mixture windows: tokens (W, S), or latents (W, S, D)."""
+        if self.likelihood.observes == "tokens":
+            return self.encode_windows(windows)
+        latents = [self.vqvae.encoder_output(chunk, self.spec.level) for chunk in windows.split(_CODER_BATCH)]
+        return torch.cat(latents).transpose(1, 2).float()
+
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device)
         return torch.cat([self.vqvae.decode(chunk, self.spec.level) for chunk in tokens.split(_CODER_BATCH)])
@@ -188,6 +212,7 @@ class Separator:
         on_step: Callable[[int, int], None] | None = None,
         batch_windows: int | None = None,
         normalize: bool = True,
+        wiener: bool | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Separate one mixture, (channels, samples) at ``rate``, into mono stems at ``rate`` of the
         input's length. Windows are searched ``batch_windows`` at a time (default: as many as fit
@@ -196,7 +221,9 @@ class Separator:
 
         When the model names the level it was trained at (``input_rms``, the RMS of ``y``) and
         ``normalize`` is on, ``y`` is scaled to it before encoding and the stems scaled back after
-        decoding; a silent input is left as it is."""
+        decoding; a silent input is left as it is. With ``wiener`` (default: the model's setting)
+        the decoded stems become soft masks on each window of the mixture (:mod:`lass_cli.masks`)."""
+        wiener = self.spec.wiener if wiener is None else wiener
         mono = audio.to_mono(mix)
         y = audio.resample(mono, rate, self.spec.sample_rate) / 2
         level = audio.rms(y)
@@ -210,7 +237,7 @@ class Separator:
         for index, start in enumerate(range(0, len(windows), group)):
             clock = time.perf_counter()
             batch = torch.from_numpy(windows[start : start + group]).to(self.device)
-            mixture_tokens = self.encode_windows(batch)
+            observed = self.observe(batch)
             seconds["encode_s"] += time.perf_counter() - clock
 
             def progress(done: int, total: int, offset: int = index * steps) -> None:
@@ -218,11 +245,19 @@ class Separator:
                     on_step(offset + done, batches * total)
 
             clock = time.perf_counter()
-            result = search(self.priors, self.likelihood, mixture_tokens, options, self.decode_tokens, batch, progress)
+            result = search(self.priors, self.likelihood, observed, options, self.decode_tokens, batch, progress)
             seconds["search_s"] += time.perf_counter() - clock
             clock = time.perf_counter()
-            for stem, tokens in zip(self.spec.stems, result.tokens):
-                decoded[stem].append(self.decode_tokens(tokens).float().cpu().numpy())
+            if wiener:
+                candidates = (
+                    result.candidates if result.candidates is not None else torch.stack(result.tokens)[:, :, None]
+                )
+                powers = [masks.mean_power(self.decode_tokens, c, batch.shape[1]) for c in candidates]
+                parts = masks.wiener(2 * batch, powers)
+            else:
+                parts = [self.decode_tokens(tokens) for tokens in result.tokens]
+            for stem, part in zip(self.spec.stems, parts):
+                decoded[stem].append(part.float().cpu().numpy())
             seconds["decode_s"] += time.perf_counter() - clock
             scores += [round(float(s), 4) for s in result.scores.cpu()]
             free_steps += [int(n) for n in result.fallback_steps.cpu()]
@@ -235,6 +270,7 @@ class Separator:
         duration = len(mono) / rate
         details = {
             "level": {"input_rms": round(level, 6), "gain_in": round(gain, 6), "gain_out": round(1 / gain, 6)},
+            "wiener": wiener,
             "windows": {
                 "count": len(windows),
                 "tokens_per_window": steps,
@@ -251,6 +287,11 @@ class Separator:
         }
         return stems, details
 
+    def describe_likelihood(self) -> dict[str, Any]:
+        if isinstance(self.likelihood, LatentLikelihood):
+            return {"kind": "latent", "sigma": self.likelihood.sigma, "top_k": self.likelihood.top_k}
+        return {"kind": "counted"}
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,
@@ -258,6 +299,7 @@ class Separator:
             "window_tokens": self.spec.window_tokens,
             "stems": list(self.spec.stems),
             "likelihood_weight": self.likelihood.weight,
+            "likelihood": self.describe_likelihood(),
             "files": self.files,
         }
 

@@ -67,6 +67,7 @@ class TrainRequest:
     resume: bool = False
     threads: int | None = None
     linearize: bool = False
+    lin_weight: float = 0.1
 
 
 def _spectral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -122,12 +123,12 @@ def _quantise_straight(v: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def vqvae_loss(
-    model: VQVAE, x: torch.Tensor, codebooks: Codebooks | None, generator: torch.Generator, linearize: bool = False
+    model: VQVAE, x: torch.Tensor, codebooks: Codebooks | None, generator: torch.Generator, lin_weight: float = 0.0
 ):
     """Reconstruction + spectral + commitment over every level; EMA-updates the codebooks.
 
-    With ``linearize``, rows come in triples (x1, x2, (x1 + x2) / 2) and the LQ-VAE's
-    post-quantisation linearisation loss (lqvae-paper.txt, Eq. 8-10) is added:
+    With ``lin_weight`` > 0, rows come in triples (x1, x2, (x1 + x2) / 2) and the LQ-VAE's
+    post-quantisation linearisation loss (lqvae-paper.txt, Eq. 8-10) is added with that weight:
     ``|B_Q(E(mix)) - B_Q(B_Q(E(x1)) / 2 + B_Q(E(x2)) / 2)|^2`` per token, averaged."""
     total, metrics = x.new_zeros(()), {}
     for level in range(model.config.levels):
@@ -147,11 +148,11 @@ def vqvae_loss(
         total = total + l2 + spectral + 0.02 * commit
         parts = {"l2": l2, "spectral": spectral, "commit": commit}
         triples = batch // 3
-        if linearize and triples:
+        if lin_weight and triples:
             q = straight.view(batch, length, width)[: 3 * triples]
             summed = _quantise_straight(0.5 * q[0::3] + 0.5 * q[1::3], model.codebook(level))
             parts["lin"] = (q[2::3] - summed).pow(2).sum(-1).mean()
-            total = total + parts["lin"]
+            total = total + lin_weight * parts["lin"]
         for name, value in parts.items():
             metrics[f"{name}_{level}"] = value.item()
     return total, metrics
@@ -250,7 +251,7 @@ def train(request: TrainRequest, progress=None) -> Path:
         model.train()
         if request.what == "vqvae":
             batch = sampler.audio(request.batch_size, request.segment)
-            loss, metrics = vqvae_loss(model, batch, codebooks, generator, request.linearize)
+            loss, metrics = vqvae_loss(model, batch, codebooks, generator, request.lin_weight * request.linearize)
         else:
             tokens = sampler.tokens(request.batch_size, model.config.n_ctx)
             logits = model(tokens)
@@ -284,7 +285,7 @@ def _validate(model, val, request: TrainRequest, codebooks) -> dict[str, float]:
     state = val.rng.bit_generator.state
     if request.what == "vqvae":
         batch = val.audio(request.batch_size, request.segment)
-        loss, metrics = vqvae_loss(model, batch, None, torch.Generator(), request.linearize)
+        loss, metrics = vqvae_loss(model, batch, None, torch.Generator(), request.lin_weight * request.linearize)
         result = {"val_loss": float(loss), **{f"val_{k}": v for k, v in metrics.items()}}
     else:
         tokens = val.tokens(request.batch_size, model.config.n_ctx)

@@ -16,6 +16,13 @@ SHARED = Path(os.environ.get("LASS_SHARED", Path(__file__).resolve().parents[2] 
 JUKEBOX = SHARED / "fixtures" / "jukebox"
 
 
+@pytest.fixture(autouse=True)
+def tiny_default_model(monkeypatch):
+    """Commands run without --model use the tiny random model (fast); tests of the default choice
+    remove LASS_MODEL themselves."""
+    monkeypatch.setenv("LASS_MODEL", "tiny-random")
+
+
 def jukebox_fixture(name: str) -> Path:
     """Path of a parity fixture; skips only when the whole ../shared folder is absent."""
     if not SHARED.is_dir():

@@ -33,12 +33,12 @@ def mix(rate: int, seconds: float, channels: int, seed: int = 0) -> np.ndarray:
     return (0.4 * (kick + bass) + noise).astype(np.float32)
 
 
-def check_outputs(out: Path, track: str, rate: int, length: int) -> dict:
+def check_outputs(out: Path, track: str, rate: int, length: int, model: str = "tiny-random") -> dict:
     for stem in ("drums", "bass"):
         info = sf.info(out / track / f"{stem}.wav")
         assert (info.samplerate, info.channels, info.frames) == (rate, 1, length)
     report = json.loads((out / track / "report.json").read_text())
-    assert report["lass_report"] == 1 and report["model"]["name"] == "tiny-random"
+    assert report["lass_report"] == 1 and report["model"]["name"] == model
     assert report["input"]["sample_rate"] == rate and report["input"]["samples"] == length
     assert report["windows"]["count"] == len(report["windows"]["scores"]) >= 1
     assert report["timings"]["real_time_factor"] > 0
@@ -65,14 +65,21 @@ def test_ten_second_48k_stereo_mp3(tmp_path):
     assert report["input"]["channels"] == 2
 
 
-def test_slakh_style_22k_wav_and_default_model_notice(tmp_path):
+def test_slakh_style_22k_wav_and_the_embedded_model_by_default(tmp_path, monkeypatch):
+    """A fresh install (no paper model, no LASS_MODEL) separates with the embedded trained model,
+    whose files ship in the package and match the registry's checksums."""
+    monkeypatch.delenv("LASS_MODEL")
     sf.write(tmp_path / "Track00001.wav", mix(22050, 4.0, 1).T, 22050, subtype="PCM_16")
     result = lass("separate", "Track00001.wav", "-o", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "using model tiny-random" in result.stderr and "lass fetch slakh-drums-bass" in result.stderr
-    check_outputs(tmp_path / "out", "Track00001", 22050, 88200)
-    drums, _ = sf.read(tmp_path / "out/Track00001/drums.wav")
-    assert np.abs(drums).max() > 0  # something was decoded
+    assert "using model synth-drums-bass" in result.stderr and "lass fetch slakh-drums-bass" in result.stderr
+    report = check_outputs(tmp_path / "out", "Track00001", 22050, 88200, model="synth-drums-bass")
+    assert report["model"]["likelihood"]["kind"] == "latent" and report["wiener"] is True
+    assert all("sha256" in f for f in report["model"]["files"].values() if not f.get("generated"))
+    stems = [sf.read(tmp_path / f"out/Track00001/{s}.wav")[0] for s in ("drums", "bass")]
+    source, _ = sf.read(tmp_path / "Track00001.wav")
+    assert all(np.abs(x).max() > 0 for x in stems)  # something was decoded
+    np.testing.assert_allclose(stems[0] + stems[1], source, atol=2e-3)  # soft masks split the mixture
 
 
 def test_stdin_list_resume_force_json_and_flac(tmp_path):
@@ -160,3 +167,30 @@ def test_a_failing_write_leaves_no_stem_and_no_staging(tmp_path):
     assert result.returncode == 1 and "lass: error:" in result.stderr
     leftovers = sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*"))
     assert leftovers == ["a", "a/bass.wav"]  # the first stem, already in place, was taken back
+
+
+def test_model_search_defaults_and_their_overrides(tmp_path):
+    """A registry entry's [search] table and `wiener` are the defaults; options on the command
+    line win over them."""
+    from lass_cli.registry import packaged_registry_text
+
+    text = packaged_registry_text()
+    tiny = text[text.index("[models.tiny-random]") :].replace("[models.tiny-random", "[models.tiny-defaults")
+    tiny = tiny.replace(
+        "likelihood_weight = 3.0\n",
+        'likelihood_weight = 3.0\nwiener = true\nsearch = { method = "sample", samples = 3, select = "priors" }\n',
+        1,
+    )
+    (tmp_path / "models.toml").write_text(tiny)
+    sf.write(tmp_path / "a.wav", mix(22050, 1.0, 1).T, 22050)
+    base = ("separate", "a.wav", "--registry", "models.toml", "--model", "tiny-defaults", "--force")
+    assert lass(*base, "-o", "d", cwd=tmp_path).returncode == 0
+    report = json.loads((tmp_path / "d/a/report.json").read_text())
+    assert (report["settings"]["method"], report["settings"]["samples"], report["settings"]["select"]) == (
+        "sample", 3, "priors")  # fmt: skip
+    assert report["wiener"] is True
+    stems = [sf.read(tmp_path / f"d/a/{s}.wav")[0] for s in ("drums", "bass")]
+    np.testing.assert_allclose(stems[0] + stems[1], sf.read(tmp_path / "a.wav")[0], atol=2e-3)
+    assert lass(*base, "-o", "o", "--sampler", "beam", "--beams", "2", "--no-wiener", cwd=tmp_path).returncode == 0
+    report = json.loads((tmp_path / "o/a/report.json").read_text())
+    assert (report["settings"]["method"], report["settings"]["beams"], report["wiener"]) == ("beam", 2, False)

@@ -24,21 +24,17 @@ def random_counts(seed: int, bins: int = BINS, triples: int = 1500, missing: int
     return counts
 
 
-def brute_force_beam(priors, counts: Counts, weight: float, mixture: torch.Tensor, beams: int):
-    """One window, scoring the whole K x K grid of every beam at every step."""
-    dense = torch.from_numpy(counts.dense()).double()
-    log_p = weight * torch.log(dense / dense.sum(-1, keepdim=True))  # -inf where never counted
-    bins, length = counts.bins, len(mixture)
+def brute_force_grid(priors, step_scores, length: int, beams: int):
+    """One window, scoring the whole K x K grid of every beam at every step; ``step_scores(t)`` is
+    step t's (K, K) log-likelihood. Returns the best z1, z2 and its score."""
     caches = [p.new_cache(rows=1, max_len=length, capacity=beams) for p in priors]
     cum = torch.zeros(1, dtype=torch.float64)
     histories = torch.zeros(2, 1, 0, dtype=torch.long)
     previous = (None, None)
     for t in range(length):
         lp1, lp2 = (torch.log_softmax(p.step(c, prev), -1).double() for p, c, prev in zip(priors, caches, previous))
-        slice_ = log_p[:, :, mixture[t]]
-        if not torch.isfinite(slice_).any():
-            slice_ = torch.zeros(bins, bins, dtype=torch.float64)  # no entries: the priors alone
-        grid = cum[:, None, None] + lp1[:, :, None] + lp2[:, None, :] + slice_[None]
+        bins = lp1.shape[-1]
+        grid = cum[:, None, None] + lp1[:, :, None] + lp2[:, None, :] + step_scores(t)[None]
         cum, index = grid.flatten().topk(beams)
         parent, z1, z2 = index // (bins * bins), (index // bins) % bins, index % bins
         histories = torch.cat((histories[:, parent], torch.stack((z1, z2))[:, :, None]), 2)
@@ -47,6 +43,19 @@ def brute_force_beam(priors, counts: Counts, weight: float, mixture: torch.Tenso
         previous = (z1, z2)
     best = int(cum.argmax())
     return histories[0, best], histories[1, best], float(cum[best])
+
+
+def brute_force_beam(priors, counts: Counts, weight: float, mixture: torch.Tensor, beams: int):
+    dense = torch.from_numpy(counts.dense()).double()
+    log_p = weight * torch.log(dense / dense.sum(-1, keepdim=True))  # -inf where never counted
+
+    def step_scores(t: int) -> torch.Tensor:
+        slice_ = log_p[:, :, mixture[t]]
+        if not torch.isfinite(slice_).any():
+            return torch.zeros(counts.bins, counts.bins, dtype=torch.float64)  # no entries: the priors alone
+        return slice_
+
+    return brute_force_grid(priors, step_scores, len(mixture), beams)
 
 
 def make_priors(seed: int = 0):

@@ -58,3 +58,39 @@ def load_registry_text() -> str:
     from lass_cli.registry import packaged_registry_text
 
     return packaged_registry_text()
+
+
+def test_the_latent_likelihood_separates_from_encoder_outputs(tmp_path):
+    """A model whose likelihood is ``latent`` needs no likelihood file, feeds the search the
+    mixture's encoder outputs, and honours --lambda as the counted likelihood does."""
+    text = load_registry_text()
+    tiny = text[text.index("[models.tiny-random]") :]
+    tiny = tiny.replace("[models.tiny-random", "[models.tiny-latent")
+    tiny = tiny[: tiny.index("[models.tiny-latent.likelihood]")]
+    tiny += '[models.tiny-latent.likelihood]\nformat = "latent"\nconfig = { sigma = 0.5, top_k = 6 }\n'
+    (tmp_path / "models.toml").write_text(tiny)
+    spec = load_registry([tmp_path / "models.toml"])["tiny-latent"]
+    separator = Separator.load(spec, torch.device("cpu"))
+    assert separator.likelihood.observes == "latents" and separator.likelihood.top_k == 6
+    assert separator.files["likelihood"] == {"generated": True}
+    mix = (0.1 * np.random.default_rng(2).standard_normal((1, 9000))).astype(np.float32)
+    stems, details = separator.separate(mix, 22050, SearchOptions(beams=3))
+    assert all(x.shape == (9000,) and np.isfinite(x).all() for x in stems.values())
+    assert details["windows"]["likelihood_free_steps"] == [0] * details["windows"]["count"]
+    heavier = Separator.load(spec, torch.device("cpu"), weight=5.0)
+    _, heavy = heavier.separate(mix, 22050, SearchOptions(beams=3))
+    assert heavy["windows"]["scores"] != details["windows"]["scores"]
+
+
+def test_a_model_file_that_does_not_match_its_checksum_is_refused(tmp_path):
+    from lass_cli.separate import load_parts
+
+    counts = tmp_path / "counts.npz"
+    load_parts(load_registry()["tiny-random"]).counts.save(counts)
+    text = load_registry_text()
+    tiny = text[text.index("[models.tiny-random]") :].replace("[models.tiny-random", "[models.tiny-file")
+    tiny = tiny[: tiny.index("[models.tiny-file.likelihood]")]
+    tiny += f'[models.tiny-file.likelihood]\nformat = "sparse-npz"\npath = "{counts}"\nsha256 = "{"0" * 64}"\n'
+    (tmp_path / "models.toml").write_text(tiny)
+    with pytest.raises(ValueError, match="damaged or replaced"):
+        load_parts(load_registry([tmp_path / "models.toml"])["tiny-file"])

@@ -91,7 +91,7 @@ def test_linearisation_loss_uses_pairs_and_their_mixture(data, tmp_path):
     with torch.no_grad():
         model.bottleneck.level_blocks[0].k.normal_()
     _, plain = vqvae_loss(model, torch.from_numpy(rows), None, torch.Generator())
-    total, metrics = vqvae_loss(model, torch.from_numpy(rows), None, torch.Generator(), linearize=True)
+    total, metrics = vqvae_loss(model, torch.from_numpy(rows), None, torch.Generator(), lin_weight=1.0)
     assert "lin_0" not in plain and metrics["lin_0"] >= 0
     total.backward()
     assert model.encoders[0].level_blocks[0].model[0][0].weight.grad is not None
