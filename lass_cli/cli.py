@@ -133,6 +133,8 @@ search_options = [
                  help="Scale the input to the model's training level and the stems back."),
     click.option("--wiener/--no-wiener", default=None,
                  help="Use the decoded stems as soft masks on the mixture (default: the model's setting)."),
+    click.option("--compat", type=click.Choice(["none", "upstream"]), default="none", show_default=True,
+                 help="upstream: make the original LASS code's beam-search decisions (docs/upstream.md)."),
 ]  # fmt: skip
 
 
@@ -174,6 +176,10 @@ def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
     metavar="STEM=PATH",
     help="True stem for metrics (SDR, SI-SDR) in the report; needs a single input.",
 )
+@click.option(
+    "--save-tokens", default=None, metavar="PATH.npz",
+    help="Also write each window's mixture tokens and chosen stem tokens ({track} names the input).",
+)  # fmt: skip
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs (default: finished inputs are skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or notices on stderr.")
@@ -341,7 +347,11 @@ def _print_counts(summary: dict[str, Any], as_json: bool, quiet: bool) -> None:
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="train", show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True)
 @click.option("--rate", type=click.IntRange(min=8000), default=22050, show_default=True)
-@click.option("--soundfont", default=None, help="Default: FluidR3_GM (train, validation), TimGM6mb (test).")
+@click.option(
+    "--soundfont", default=None,
+    help="Soundfont name or path; several, comma-separated, give each track one of them. "
+    "Default: FluidR3_GM.sf2 (train, validation), TimGM6mb.sf2 (test).",
+)  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True)
 @one_line_errors
 def synth(out_dir: str, tracks: int, seed: int, split: str, seconds: float, rate: int, soundfont: str | None,
@@ -355,6 +365,36 @@ def synth(out_dir: str, tracks: int, seed: int, split: str, seconds: float, rate
     folders = with_progress(sys.stderr.isatty() and not quiet, "tracks", job)
     if not quiet:
         click.echo(f"{len(folders)} tracks in {Path(out_dir) / split}")
+
+
+@main.command()
+@click.argument("tokens_file", type=click.Path(dir_okay=False))
+@click.option("-n", "--model", default=None, help="The model that wrote the tokens (default: the file's).")
+@registry_option
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Folder for the stems.")
+@click.option("--format", "fmt", type=click.Choice(["wav", "flac"]), default="wav", show_default=True)
+@click.option("--bits", type=click.Choice(["16", "24", "32f"]), default="16", show_default=True)
+@click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing stems.")
+@one_line_errors
+def decode(tokens_file: str, model: str | None, registries: tuple[str, ...], out_dir: str, fmt: str, bits: str,
+           device: str, force: bool) -> None:  # fmt: skip
+    """Write the stems of a --save-tokens file again, without a search (decoded tokens, no masks)."""
+    from . import audio
+    from .registry import get_model, load_registry
+    from .separate import Separator, pick_device
+    from .tokens import decode_stems, read_tokens
+
+    file = read_tokens(tokens_file)
+    paths = {stem: Path(out_dir) / f"{stem}.{fmt}" for stem in file.stems}
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} exists (use --force to overwrite)")
+    spec = get_model(load_registry(list(registries)), model or file.model)
+    stems = audio.limit_peaks(decode_stems(file, Separator.load(spec, pick_device(device))), "rescale")
+    for stem, x in stems.items():
+        audio.save(paths[stem], x, file.input_rate, fmt, bits)
+        click.echo(str(paths[stem]))
 
 
 @main.group("train")
@@ -406,6 +446,10 @@ def train_vqvae(data: str, quiet: bool, **options: Any) -> None:
 @click.argument("data", type=click.Path(file_okay=False))
 @click.option("--stem", type=click.Choice(["drums", "bass"]), required=True)
 @click.option("--vqvae", type=click.Path(dir_okay=False, exists=True), required=True, help="Trained VQ-VAE file.")
+@click.option(
+    "--init", type=click.Path(dir_okay=False, exists=True), default=None,
+    help="Start from this prior's weights (fine-tuning; its own hyper-parameters are kept).",
+)  # fmt: skip
 @with_options(train_options)
 @one_line_errors
 def train_prior(data: str, quiet: bool, **options: Any) -> None:

@@ -159,7 +159,7 @@ def run_evaluate(request: EvaluateRequest, progress=None) -> dict[str, Any]:
     spec, _ = choose_model(load_registry(list(request.registries)), request.model)
     device = pick_device(request.device)
     options = request.search_options(device, spec)
-    separator = Separator.load(spec, device, weight=request.weight)
+    separator = request.load_separator(spec, device, options)
     settings = _settings(request, separator, options)
     stems = list(spec.stems)
     out = Path(request.out)
@@ -220,12 +220,23 @@ def _evaluate_batch(
     # Each row is its own mixture: brought to the model's level on its own, then scaled back.
     gains = [row_gain(separator, sum(t.values()) / 2, request.normalize) for t in truths]
     # One signal of padded chunks: each chunk is exactly one window, and windows are independent.
-    mix = np.concatenate([audio.fit_length(sum(t.values()) * g, window) for t, g in zip(truths, gains)])
-    scaled, details = separator.separate(
-        mix[None], rate, options, None, len(group), normalize=False, wiener=request.wiener
-    )
-    estimates = {s: np.concatenate([scaled[s][j * window : (j + 1) * window] / g for j, g in enumerate(gains)])
-                 for s in stems}  # fmt: skip
+    # Under --compat upstream a short chunk is separated on its own, unpadded, as the original does.
+    alone = [options.compat == "upstream" and chunk.length < window for _, chunk in group]
+    full = [j for j, short in enumerate(alone) if not short]
+    estimates: list[dict[str, np.ndarray]] = [{} for _ in group]
+    scores, free_steps = [0.0] * len(group), [0] * len(group)
+    batches = [full] if full else []
+    batches += [[j] for j, short in enumerate(alone) if short]
+    for rows in batches:
+        size = window if len(rows) > 1 or not alone[rows[0]] else group[rows[0]][1].length
+        mix = np.concatenate([audio.fit_length(sum(truths[j].values()) * gains[j], size) for j in rows])
+        scaled, details = separator.separate(
+            mix[None], rate, options, None, len(rows), normalize=False, wiener=request.wiener
+        )
+        for i, j in enumerate(rows):
+            estimates[j] = {s: scaled[s][i * size : (i + 1) * size] / gains[j] for s in stems}
+            scores[j] = details["windows"]["scores"][i]
+            free_steps[j] = details["windows"]["likelihood_free_steps"][i]
     oracle = {}
     for stem in stems:
         rows = np.stack([audio.fit_length(t[stem] * g, window) for t, g in zip(truths, gains)])
@@ -235,7 +246,7 @@ def _evaluate_batch(
     for j, ((k, chunk), truth) in enumerate(zip(group, truths)):
         n = chunk.length
         y = sum(truth.values()) / 2
-        lass_est = {s: estimates[s][j * window : j * window + n] for s in stems}
+        lass_est = {s: estimates[j][s][:n] for s in stems}
         oracle_est = {s: oracle[s][j, :n] for s in stems}
         split = crossover(2 * y, stems, rate)
         rows.append({
@@ -248,8 +259,8 @@ def _evaluate_batch(
             "mixture": {s: _metrics(truth[s], y, y, rate) for s in stems},
             "oracle": {s: _metrics(truth[s], oracle_est[s], y, rate) for s in stems},
             **({"lowpass": {s: _metrics(truth[s], split[s], y, rate) for s in stems}} if split else {}),
-            "score": details["windows"]["scores"][j],
-            "likelihood_free_steps": details["windows"]["likelihood_free_steps"][j],
+            "score": scores[j],
+            "likelihood_free_steps": free_steps[j],
         })  # fmt: skip
         if request.save_audio:
             signals = {"mixture": y, **lass_est, **{f"reference_{s}": truth[s] for s in stems}}

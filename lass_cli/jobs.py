@@ -25,6 +25,7 @@ from .registry import ModelSpec, get_model, is_present, load_registry
 from .report import build_report, write_json
 from .search import SearchOptions
 from .separate import Separator, pick_device
+from .tokens import save_tokens
 
 PAPER_MODEL = "slakh-drums-bass"
 
@@ -47,6 +48,7 @@ class SearchRequest:
     batch_windows: int | None = None
     normalize: bool = True
     wiener: bool | None = None  # None: the model's setting
+    compat: str = "none"
     quiet: bool = False
 
     def search_options(self, device: torch.device, spec: ModelSpec) -> SearchOptions:
@@ -56,7 +58,12 @@ class SearchRequest:
                  "select": self.select}  # fmt: skip
         settings = {**spec.search, **{k: v for k, v in asked.items() if v is not None}}
         settings.setdefault("beams", 100 if device.type == "cuda" else 10)
-        return SearchOptions(**settings, temperature=self.temperature, seed=self.seed)
+        return SearchOptions(**settings, temperature=self.temperature, seed=self.seed, compat=self.compat)
+
+    def load_separator(self, spec: ModelSpec, device: torch.device, options: SearchOptions) -> Separator:
+        """The model on its device; ``--compat upstream`` runs the priors in float32."""
+        dtype = torch.float32 if options.compat == "upstream" else None
+        return Separator.load(spec, device, dtype, weight=self.weight)
 
 
 @dataclass(kw_only=True)
@@ -70,6 +77,7 @@ class SeparateRequest(SearchRequest):
     template: str = "{track}/{stem}.{ext}"
     clip_mode: str = "rescale"
     references: tuple[str, ...] = ()
+    save_tokens: str | None = None
     force: bool = False
     as_json: bool = False
 
@@ -111,6 +119,18 @@ def output_paths(request: SeparateRequest, spec: ModelSpec) -> list[dict[str, Pa
             plan[stem] = path
         plans.append(plan)
     return plans
+
+
+def tokens_paths(request: SeparateRequest) -> list[Path | None]:
+    """Per input, where ``--save-tokens`` writes (``{track}`` in the path names the input)."""
+    if not request.save_tokens:
+        return [None] * len(request.inputs)
+    if "{track}" not in request.save_tokens and len(request.inputs) > 1:
+        raise ValueError("--save-tokens needs {track} in its path when there are several inputs")
+    paths = [Path(request.save_tokens.replace("{track}", source.stem)) for source in request.inputs]
+    if len(set(paths)) < len(paths):
+        raise ValueError("two inputs would write the same --save-tokens file")
+    return paths
 
 
 def parse_references(request: SeparateRequest, stems: tuple[str, ...]) -> dict[str, Path]:
@@ -189,12 +209,15 @@ def _notice(request: SeparateRequest, message: str) -> None:
 
 def _separate_one(
     request: SeparateRequest, separator: Separator, options: SearchOptions, source: Path, plan: dict[str, Path],
-    references: dict[str, Path], progress: Progress,
+    references: dict[str, Path], progress: Progress, tokens_path: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
     mix, rate = audio.load(source)
     stems, details = separator.separate(
-        mix, rate, options, progress.step, request.batch_windows, request.normalize, request.wiener
-    )
+        mix, rate, options, progress.step, request.batch_windows, request.normalize, request.wiener,
+        keep_tokens=tokens_path is not None,
+    )  # fmt: skip
+    if tokens_path is not None:
+        save_tokens(tokens_path, details.pop("tokens"), separator, options, rate, mix.shape[1], details["level"])
     peaks = {stem: float(np.abs(x).max()) for stem, x in stems.items()}
     written = audio.limit_peaks(stems, request.clip_mode)
     metrics = {}
@@ -227,7 +250,7 @@ def _separate_one(
                   "bits": request.bits, "clip_mode": request.clip_mode},
         device=str(separator.device),
         dtype=str(separator.dtype).removeprefix("torch."),
-        outputs={stem: str(plan[stem]) for stem in written},
+        outputs={stem: str(plan[stem]) for stem in written} | ({"tokens": str(tokens_path)} if tokens_path else {}),
         peaks=peaks,
         **details,
         metrics=metrics,
@@ -243,25 +266,26 @@ def run_separate(request: SeparateRequest) -> dict[str, Any]:
     if notice:
         _notice(request, notice)
     plans = output_paths(request, spec)
+    token_files = tokens_paths(request)
     references = parse_references(request, spec.stems)
     device = pick_device(request.device)
     options = request.search_options(device, spec)
-    separator = Separator.load(spec, device, weight=request.weight)
+    separator = request.load_separator(spec, device, options)
     progress = Progress(sys.stderr.isatty() and not request.quiet and not request.as_json, len(request.inputs))
     results = []
     try:
-        for source, plan in zip(request.inputs, plans):
+        for source, plan, tokens_path in zip(request.inputs, plans, token_files):
             progress.start_file(source.name)
             entry: dict[str, Any] = {"input": str(source), "report": str(plan["report"])}
             started = time.perf_counter()
             try:
-                existing = [p for p in plan.values() if p.exists()]
+                existing = [p for p in [*plan.values(), tokens_path] if p is not None and p.exists()]
                 if plan["report"].exists() and not request.force:
                     entry["status"] = "skipped"
                 elif existing and not request.force:
                     raise FileExistsError(f"{existing[0]} exists (use --force to overwrite)")
                 else:
-                    report = _separate_one(request, separator, options, source, plan, references, progress)
+                    report = _separate_one(request, separator, options, source, plan, references, progress, tokens_path)
                     entry.update(status="done", outputs=report["outputs"], metrics=report["metrics"])
             except (audio.AudioError, OSError, ValueError) as exc:
                 message = str(exc) if isinstance(exc, audio.AudioError) else f"{source}: {exc}"

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 METHODS = ("beam", "greedy", "sample")
 SELECTIONS = ("mixture", "priors", "posterior")
+COMPATS = ("none", "upstream")  # upstream: the original LASS code's decisions (docs/upstream.md)
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all), for progress bars
 _PRIOR_TOP = 64  # sampling without top_k: tokens per prior combined where the priors decide alone
 
@@ -65,6 +66,8 @@ class SearchOptions:
         samples: sampling only: candidates per window.
         seed: sampling only: the random stream (results are reproducible on one device).
         select: sampling only: how one candidate is chosen (see :func:`sample_search`).
+        compat: ``upstream`` reproduces the original LASS code's beam search, its bookkeeping
+            included (:func:`upstream_beam_search`); beam and greedy only.
     """
 
     method: str = "beam"
@@ -74,12 +77,17 @@ class SearchOptions:
     samples: int = 16
     seed: int = 0
     select: str = "mixture"
+    compat: str = "none"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.compat not in COMPATS:
+            raise ValueError(f"compat must be one of {', '.join(COMPATS)}, got {self.compat!r}")
+        if self.compat == "upstream" and self.method == "sample":
+            raise ValueError("--compat upstream reproduces the original beam search: use --sampler beam or greedy")
         if self.beams < 1 or self.samples < 1 or (self.top_k is not None and self.top_k < 1):
             raise ValueError("beams, samples and top_k must be at least 1")
         if not self.temperature > 0:
@@ -97,9 +105,14 @@ class SearchResult:
     candidates: torch.Tensor | None = None  # the final beams, best first, or every sample: (2, W, N, S)
 
 
-def _log_probs(prior: PriorLike, cache: Cache, previous: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def _log_probs(
+    prior: PriorLike, cache: Cache, previous: torch.Tensor | None, temperature: float, upstream: bool = False
+) -> torch.Tensor:
     logits = prior.step(cache, previous)
-    return torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+    logits = logits / temperature if temperature != 1.0 or upstream else logits
+    if upstream:  # torch.distributions.Categorical's normalisation, as the original code calls it
+        return logits - logits.logsumexp(dim=-1, keepdim=True)
+    return torch.log_softmax(logits, dim=-1)
 
 
 def _pad_to(scores: torch.Tensor, size: int) -> torch.Tensor:
@@ -176,6 +189,79 @@ def beam_search(
     alive = torch.isfinite(cum.gather(1, order))  # fewer candidates than beams: -inf rows
     candidates = tokens[:, :, : max(1, int(alive.sum(1).min()))]
     scores = cum.gather(1, order[:, :1])[:, 0]
+    return SearchResult((tokens[0, :, 0], tokens[1, :, 0]), scores, plan.fallback.sum(1), candidates)
+
+
+def upstream_beam_search(
+    priors: tuple[PriorLike, PriorLike],
+    likelihood: StepLikelihood,
+    mixture: torch.Tensor,
+    beams: int,
+    temperature: float = 1.0,
+    on_step: StepCallback | None = None,
+) -> SearchResult:
+    """The beam search of the original LASS code (``diba._ancestral_sample``), decision for decision.
+
+    Per window and step, as there: the candidates ``cum[r] + post[r, j]`` (float32, rows in beam
+    order, pairs in the likelihood's order) are sorted ascending with ``torch.sort`` and the last B
+    kept, in that order; then the kept totals are indexed again by the parent rows, so new beam i
+    carries the total of kept candidate number ``parent[i]`` (the original's
+    ``log_post_sum = log_post_sum[beams]``). The result is the last kept beam. Each window's sort runs
+    on its own candidates, laid out as the original lays them out, so ties fall the same way
+    whatever the batch. Where the original fails (fewer than B candidates at a step) that step keeps
+    the totals as they are and -inf fills the missing beams.
+    """
+    device = likelihood.device
+    plan = likelihood.plan(mixture)
+    windows, length = plan.fallback.shape
+    caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
+    cum = torch.zeros(windows, 1, device=device)
+    parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
+    chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
+    previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    window_index = torch.arange(windows, device=device)[:, None]
+    for t in range(length):
+        rows = cum.shape[1]
+        lp1, lp2 = (
+            _log_probs(prior, cache, prev, temperature, upstream=True).view(windows, rows, -1)
+            for prior, cache, prev in zip(priors, caches, previous)
+        )
+        c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
+        totals = cum[:, :, None] + post
+        kept = torch.full((windows, beams), float("-inf"), device=device)
+        flat = torch.zeros(windows, beams, dtype=torch.long, device=device)
+        # Each window's own candidates: the padding of a batch is cut off (its last finite column).
+        finite = torch.isfinite(post).any(1)
+        widths = torch.where(finite, torch.arange(1, post.shape[2] + 1, device=device), 0).amax(1).tolist()
+        for w, width in enumerate(widths):
+            values, order = torch.sort(totals[w, :, :width].reshape(-1))
+            count = min(beams, len(values))
+            kept[w, beams - count :] = values[len(values) - count :]
+            index = order[len(order) - count :]  # the original's flat index, row * width + pair
+            flat[w, beams - count :] = (index // width) * post.shape[2] + index % width
+        parent, column = flat // post.shape[2], flat % post.shape[2]
+        ranked = kept
+        full = torch.isfinite(kept).all(1, keepdim=True)
+        cum = torch.where(full, kept.gather(1, parent), kept)  # the original's log_post_sum[beams]
+        z1, z2 = c1[window_index, parent, column], c2[window_index, parent, column]
+        parents[t], chosen[0, t], chosen[1, t] = parent, z1, z2
+        if t + 1 < length:
+            index = (window_index * rows + parent).reshape(-1)
+            for cache in caches:
+                cache.reorder(index)
+            previous = (z1.reshape(-1), z2.reshape(-1))
+        if on_step is not None:
+            on_step(t + 1, length)
+    # The last beam is the answer; the others follow, last kept first (candidates for masks).
+    order = torch.arange(beams - 1, -1, -1, device=device).expand(windows, beams)
+    tokens = torch.zeros(2, windows, beams, length, dtype=torch.long, device=device)
+    beam = order
+    for t in reversed(range(length)):
+        tokens[:, :, :, t] = chosen[:, t].gather(2, beam[None].expand(2, -1, -1))
+        beam = parents[t].gather(1, beam)
+    alive = torch.isfinite(ranked)
+    candidates = tokens[:, :, : max(1, int(alive.sum(1).min()))]
+    scores = ranked[:, -1].double()  # the total the original ranks its answer by
     return SearchResult((tokens[0, :, 0], tokens[1, :, 0]), scores, plan.fallback.sum(1), candidates)
 
 
@@ -268,7 +354,8 @@ def search(
         if options.method == "sample":
             return sample_search(priors, likelihood, mixture, options, decode, mixture_audio, on_step)
         beams = 1 if options.method == "greedy" else options.beams
-        return beam_search(priors, likelihood, mixture, beams, options.temperature, on_step)
+        run = upstream_beam_search if options.compat == "upstream" else beam_search
+        return run(priors, likelihood, mixture, beams, options.temperature, on_step)
 
 
-__all__ = ["SearchOptions", "SearchResult", "beam_search", "sample_search", "search"]
+__all__ = ["COMPATS", "SearchOptions", "SearchResult", "beam_search", "sample_search", "search", "upstream_beam_search"]

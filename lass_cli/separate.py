@@ -26,6 +26,7 @@ from .registry import FileSpec, ModelSpec, require
 from .search import SearchOptions, search
 from .vqvae import VQVAE, VQVAEConfig, nearest_codes
 
+UPSTREAM_FIRST = "bass"  # the original code's source 0
 # Windows per VQ-VAE call: its activations for one 3 s window are tens of MB.
 _CODER_BATCH = 8
 
@@ -213,6 +214,7 @@ class Separator:
         batch_windows: int | None = None,
         normalize: bool = True,
         wiener: bool | None = None,
+        keep_tokens: bool = False,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Separate one mixture, (channels, samples) at ``rate``, into mono stems at ``rate`` of the
         input's length. Windows are searched ``batch_windows`` at a time (default: as many as fit
@@ -222,7 +224,9 @@ class Separator:
         When the model names the level it was trained at (``input_rms``, the RMS of ``y``) and
         ``normalize`` is on, ``y`` is scaled to it before encoding and the stems scaled back after
         decoding; a silent input is left as it is. With ``wiener`` (default: the model's setting)
-        the decoded stems become soft masks on each window of the mixture (:mod:`lass_cli.masks`)."""
+        the decoded stems become soft masks on each window of the mixture (:mod:`lass_cli.masks`).
+        With ``keep_tokens`` the details carry ``tokens``: per window the mixture's tokens and each
+        stem's chosen tokens (for ``--save-tokens``)."""
         wiener = self.spec.wiener if wiener is None else wiener
         mono = audio.to_mono(mix)
         y = audio.resample(mono, rate, self.spec.sample_rate) / 2
@@ -231,34 +235,58 @@ class Separator:
         y = (y * gain).astype(np.float32)
         windows = audio.to_windows(y, self.window_samples)
         group = batch_windows or self.default_batch_windows(options)
-        steps, batches = self.spec.window_tokens, -(-len(windows) // group)
+        batches = [windows[start : start + group] for start in range(0, len(windows), group)]
+        tail = len(y) - (len(windows) - 1) * self.window_samples
+        if options.compat == "upstream" and tail < self.window_samples:
+            # The original encodes a short last window as it is: floor(samples / hop) tokens.
+            last = batches[-1]
+            batches[-1:] = [b for b in (last[:-1], y[len(y) - tail :][None]) if len(b)]
+        order = self.search_order(options)
+        priors = (self.priors[order[0]], self.priors[order[1]])
+        steps = sum(self._tokens_in(b.shape[1]) for b in batches)
         decoded: dict[str, list[np.ndarray]] = {stem: [] for stem in self.spec.stems}
+        tokens: list[dict[str, np.ndarray]] = []
         scores, free_steps, seconds = [], [], {"encode_s": 0.0, "search_s": 0.0, "decode_s": 0.0}
-        for index, start in enumerate(range(0, len(windows), group)):
+        offset = 0
+        for windows_in_batch in batches:
             clock = time.perf_counter()
-            batch = torch.from_numpy(windows[start : start + group]).to(self.device)
+            batch = torch.from_numpy(np.ascontiguousarray(windows_in_batch)).to(self.device)
+            width = self._tokens_in(batch.shape[1])
+            if width == 0:  # shorter than one token: nothing to search, the stems stay silent
+                for stem in self.spec.stems:
+                    decoded[stem].append(np.zeros((len(batch), self.window_samples), np.float32))
+                scores, free_steps = scores + [None] * len(batch), free_steps + [0] * len(batch)
+                continue
             observed = self.observe(batch)
             seconds["encode_s"] += time.perf_counter() - clock
 
-            def progress(done: int, total: int, offset: int = index * steps) -> None:
+            def progress(done: int, total: int, offset: int = offset) -> None:
                 if on_step is not None:
-                    on_step(offset + done, batches * total)
+                    on_step(offset + done, steps)
 
             clock = time.perf_counter()
-            result = search(self.priors, self.likelihood, observed, options, self.decode_tokens, batch, progress)
+            result = search(priors, self.likelihood, observed, options, self.decode_tokens, batch, progress)
             seconds["search_s"] += time.perf_counter() - clock
+            offset += width
             clock = time.perf_counter()
+            chosen = [result.tokens[order.index(i)] for i in range(2)]
             if wiener:
                 candidates = (
                     result.candidates if result.candidates is not None else torch.stack(result.tokens)[:, :, None]
                 )
-                powers = [masks.mean_power(self.decode_tokens, c, batch.shape[1]) for c in candidates]
+                powers = [masks.mean_power(self.decode_tokens, candidates[order.index(i)], batch.shape[1])
+                          for i in range(2)]  # fmt: skip
                 parts = masks.wiener(2 * batch, powers)
             else:
-                parts = [self.decode_tokens(tokens) for tokens in result.tokens]
+                parts = [self.decode_tokens(t) for t in chosen]
             for stem, part in zip(self.spec.stems, parts):
-                decoded[stem].append(part.float().cpu().numpy())
+                part = part.float().cpu().numpy()
+                decoded[stem].append(np.pad(part, ((0, 0), (0, self.window_samples - part.shape[1]))))
             seconds["decode_s"] += time.perf_counter() - clock
+            mixture_tokens = observed if observed.dim() == 2 or not keep_tokens else self.encode_windows(batch)
+            for w in range(len(batch) if keep_tokens else 0):
+                tokens.append({"mixture": mixture_tokens[w].cpu().numpy(),
+                               **{stem: t[w].cpu().numpy() for stem, t in zip(self.spec.stems, chosen)}})  # fmt: skip
             scores += [round(float(s), 4) for s in result.scores.cpu()]
             free_steps += [int(n) for n in result.fallback_steps.cpu()]
         stems = {}
@@ -273,12 +301,13 @@ class Separator:
             "wiener": wiener,
             "windows": {
                 "count": len(windows),
-                "tokens_per_window": steps,
+                "tokens_per_window": self.spec.window_tokens,
                 "samples_per_window": self.window_samples,
                 "batch_windows": group,
                 "scores": scores,
                 "likelihood_free_steps": free_steps,
             },
+            **({"tokens": tokens} if keep_tokens else {}),
             "timings": {
                 **{k: round(v, 4) for k, v in seconds.items()},
                 "total_s": round(total, 4),
@@ -286,6 +315,16 @@ class Separator:
             },
         }
         return stems, details
+
+    def _tokens_in(self, samples: int) -> int:
+        return samples // self.vqvae.hop_length(self.spec.level)
+
+    def search_order(self, options: SearchOptions) -> tuple[int, int]:
+        """Which stem's prior is source 0 of the search: the model's first stem, or with
+        ``--compat upstream`` bass (the original code's order, bass first)."""
+        if options.compat == "upstream" and self.spec.stems[1] == UPSTREAM_FIRST:
+            return (1, 0)
+        return (0, 1)
 
     def describe_likelihood(self) -> dict[str, Any]:
         if isinstance(self.likelihood, LatentLikelihood):

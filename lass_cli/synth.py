@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 
 SPLIT_CODES = {"train": 1, "validation": 2, "test": 3}
-SOUNDFONT_DIRS = (Path("/usr/share/sounds/sf2"), Path("/usr/share/soundfonts"))
+SOUNDFONT_DIRS = (Path("/usr/share/sounds/sf2"), Path("/usr/share/sounds/sf3"), Path("/usr/share/soundfonts"))
 DEFAULT_SOUNDFONTS = {"train": "FluidR3_GM.sf2", "validation": "FluidR3_GM.sf2", "test": "TimGM6mb.sf2"}
 DRUM_KITS = {0: "Standard", 8: "Room", 16: "Power", 24: "Electronic", 25: "TR-808", 32: "Jazz", 40: "Brush",
              48: "Orchestra"}  # fmt: skip
@@ -187,6 +187,14 @@ def _settings(rng) -> dict[str, Any]:
     }
 
 
+def pick_soundfont(fonts: list[Path], split: str, seed: int, index: int) -> Path:
+    """The soundfont of one track: drawn from its own stream, so that the track's music and sound
+    settings are those of a single-soundfont render of the same (split, seed, index)."""
+    if len(fonts) == 1:
+        return fonts[0]
+    return fonts[int(np.random.default_rng([SPLIT_CODES[split], seed, index, 1]).integers(len(fonts)))]
+
+
 def synth_track(folder: Path, split: str, seed: int, index: int, seconds: float, rate: int, soundfont: Path) -> None:
     """Render one track into ``folder`` (skipped if its metadata.yaml exists)."""
     import yaml
@@ -241,20 +249,21 @@ def synth_track(folder: Path, split: str, seed: int, index: int, seconds: float,
 
 def synth(out: str | Path, tracks: int, seed: int, split: str, seconds: float = 30.0, rate: int = 22050,
           soundfont: str | None = None, progress=None) -> list[Path]:  # fmt: skip
-    """Render ``tracks`` tracks of ``split`` under ``out``; returns their folders."""
+    """Render ``tracks`` tracks of ``split`` under ``out``; returns their folders. ``soundfont`` may
+    name several soundfonts, comma-separated: each track is rendered with one of them."""
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_CODES)}")
     if tracks < 1 or seconds <= 0:
         raise ValueError("--tracks and --seconds must be positive")
-    font = find_soundfont(soundfont or DEFAULT_SOUNDFONTS[split])
+    fonts = [find_soundfont(name.strip()) for name in (soundfont or DEFAULT_SOUNDFONTS[split]).split(",")]
     folders = [Path(out) / split / f"Track{i + 1:05d}" for i in range(tracks)]
     if progress:
         progress.start(tracks, 0)
     for index, folder in enumerate(folders):
-        synth_track(folder, split, seed, index, seconds, rate, font)
+        synth_track(folder, split, seed, index, seconds, rate, pick_soundfont(fonts, split, seed, index))
         if progress:
             progress.advance(1)
     return folders
 
 
-__all__ = ["SynthError", "compose", "find_soundfont", "synth", "synth_track"]
+__all__ = ["SynthError", "compose", "find_soundfont", "pick_soundfont", "synth", "synth_track"]

@@ -68,6 +68,7 @@ class TrainRequest:
     threads: int | None = None
     linearize: bool = False
     lin_weight: float = 0.1
+    init: str | None = None  # priors: start from these weights (fine-tuning); the file's hyper-parameters win
 
 
 def _spectral(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -213,6 +214,8 @@ def train(request: TrainRequest, progress=None) -> Path:
     torch.manual_seed(request.seed)
     generator = torch.Generator().manual_seed(request.seed + 1)
     if request.what == "vqvae":
+        if request.init:
+            raise ValueError("--init is for priors (a VQ-VAE's codebook statistics are not in its weights)")
         model: torch.nn.Module = VQVAE(VQVAEConfig(**VQVAE_PRESETS[request.preset])).train()
         codebooks: Codebooks | None = Codebooks(model)
         rate = model.config.sr
@@ -223,7 +226,14 @@ def train(request: TrainRequest, progress=None) -> Path:
         vqvae = VQVAE.from_checkpoint(request.vqvae)
         sizes = {"l_bins": vqvae.config.l_bins, "level": vqvae.config.levels - 1}
         config = PriorConfig(**{**PRIOR_PRESETS[request.preset], **sizes})
-        model, codebooks = Prior(config).train(), None
+        if request.init:
+            model = Prior.from_checkpoint(request.init).requires_grad_(True)
+            if (model.config.l_bins, model.config.level) != (sizes["l_bins"], sizes["level"]):
+                bins = model.config.l_bins
+                raise ValueError(f"--init {request.init} models {bins} tokens, the VQ-VAE {sizes['l_bins']}")
+        else:
+            model = Prior(config)
+        model, codebooks = model.train(), None
         sampler = TokenSampler(request.data, request.split, vqvae, request.stem, request.seed,
                                out / f"tokens-{request.stem}-{request.split}.npz")  # fmt: skip
         val = None
