@@ -11,6 +11,11 @@ markdown table of mean SDR (museval, 1 s frames, median per mixture) per stem:
   rejection (``--select priors``, the LQ-VAE paper's alpha = 0) decoded without masks, the paper's
   procedure (with masks over all samples the selection does not change the stems).
 
+With ``--compat-beams 1,5,10,20`` it measures instead what the original code's beam-search
+bookkeeping costs (docs/upstream.md): the ``--latent`` model's beam search at each B, by default
+and with ``--compat upstream``, the search's answer decoded without masks (so that only the
+search differs), in OUT/compat-table.md.
+
 A variant whose report is already complete in OUT (same settings) is read, not run again.
 
 Usage:
@@ -35,6 +40,12 @@ BASELINES = [("mixture", "mixture baseline"), ("lowpass", "low/high-pass split")
 
 def variants(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
     """(file name, table label, evaluate settings) of every LASS row asked for."""
+    if args.compat_beams:
+        return [
+            (f"{compat}-beam{b}", f"{label}, beam B={b}", dict(model=args.latent, sampler="beam", beams=b,
+                                                                compat=compat, wiener=False))
+            for b in args.compat_beams for compat, label in (("none", "lass"), ("upstream", "--compat upstream"))
+        ]  # fmt: skip
     rows = []
     if args.counted:
         rows.append(("counted-beam", f"counted LASS, beam B={args.beams}", dict(model=args.counted, sampler="beam")))
@@ -66,15 +77,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="quality")
+    parser.add_argument(
+        "--compat-beams",
+        type=lambda text: [int(b) for b in text.split(",")],
+        default=None,
+        help="B values of the default vs --compat upstream table (e.g. 1,5,10,20)",
+    )
     args = parser.parse_args()
+    if args.compat_beams and not args.latent:
+        parser.error("--compat-beams measures the --latent model")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reports, seconds = [], []
     for name, label, settings in variants(args):
+        settings.setdefault("beams", args.beams)
         request = EvaluateRequest(
-            root=args.data, split=args.split, num_mixtures=args.num_mixtures, seed=args.seed, beams=args.beams,
+            root=args.data, split=args.split, num_mixtures=args.num_mixtures, seed=args.seed,
             registries=tuple(args.registry), out=str(out / f"{name}.json"), resume=True, quiet=True, **settings,
         )  # fmt: skip
         report = run_evaluate(request)
@@ -98,7 +118,7 @@ def main() -> None:
         cells = [f"{v:.2f}" if v is not None else "n/a" for v in values]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {f'{each:.1f}' if each else ''} |")
     table = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(table)
+    (out / ("compat-table.md" if args.compat_beams else "table.md")).write_text(table)
     print(table)
 
 

@@ -45,6 +45,19 @@ def test_tracks_have_the_slakh_layout_and_are_reproducible(tmp_path):
     assert not np.array_equal(sf.read(other[0] / "stems/S01.flac")[0], sf.read(folders[0] / "stems/S01.flac")[0])
 
 
+def test_several_soundfonts_give_each_track_one_and_keep_its_music(tmp_path):
+    fonts = "FluidR3_GM.sf2,TimGM6mb.sf2"
+    folders = synth(tmp_path / "m", tracks=6, seed=2, split="train", seconds=1.0, soundfont=fonts)
+    used = [yaml.safe_load((f / "metadata.yaml").read_text())["stems"]["S01"]["plugin_name"] for f in folders]
+    assert set(used) == {"FluidR3_GM.sf2", "TimGM6mb.sf2"}
+    again = synth(tmp_path / "m2", tracks=6, seed=2, split="train", seconds=1.0, soundfont=fonts)
+    assert used == [yaml.safe_load((f / "metadata.yaml").read_text())["stems"]["S01"]["plugin_name"] for f in again]
+    # The music and settings of a track do not depend on how many soundfonts there are.
+    one = yaml.safe_load((synth(tmp_path / "o", 1, 2, "train", 1.0)[0] / "metadata.yaml").read_text())
+    many = yaml.safe_load((folders[0] / "metadata.yaml").read_text())
+    assert one["lass_synth"] == many["lass_synth"] and one["stems"]["S01"]["render"] == many["stems"]["S01"]["render"]
+
+
 def test_compositions_vary_and_stay_in_range():
     songs = [compose(np.random.default_rng([1, 0, i]), 8.0) for i in range(12)]
     assert len({s["tempo"] for s in songs}) == 12 and len({s["meter"] for s in songs}) > 1

@@ -76,6 +76,14 @@ def test_prior_training_on_vqvae_tokens(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     missing = lass("train", "prior", str(data), "--out", "p3", "--vqvae", "v/vqvae.safetensors", cwd=tmp_path)
     assert missing.returncode == 2  # --stem is required
+    # Fine-tuning starts from the given weights: steps at learning rate 0 keep them exactly.
+    tuned = [a for a in common if a != "--preset" and a != "tiny"] + ["--lr", "0"]
+    run = lass("train", "prior", str(data), "--out", "p5", "--init", "p1/prior_bass.safetensors", *tuned, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    a, b = weights(tmp_path / "p1/prior_bass.safetensors"), weights(tmp_path / "p5/prior_bass.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "p5/log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 8
 
 
 def test_linearisation_loss_uses_pairs_and_their_mixture(data, tmp_path):
