@@ -15,7 +15,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-FORMATS = ("wav", "flac")
+FORMATS = ("wav", "flac", "mp3")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".mp4")
 BITS = ("16", "24", "32f")
 _SUBTYPES = {("wav", "16"): "PCM_16", ("wav", "24"): "PCM_24", ("wav", "32f"): "FLOAT",
              ("flac", "16"): "PCM_16", ("flac", "24"): "PCM_24"}  # fmt: skip
@@ -116,11 +117,43 @@ def limit_peaks(stems: dict[str, np.ndarray], mode: str) -> dict[str, np.ndarray
     return {name: x / peak for name, x in stems.items()} if peak > 1.0 else stems
 
 
-def save(path: str | Path, audio: np.ndarray, rate: int, fmt: str = "wav", bits: str = "16") -> None:
+def _save_mp3(partial: Path, audio: np.ndarray, rate: int, bitrate: str) -> None:
+    """Encode with ffmpeg's LAME (its header records the encoder delay, so decoders give back the
+    exact length)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("ffmpeg") is None:
+        raise AudioError("--format mp3 needs ffmpeg, which is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "in.wav"
+        sf.write(source, audio, rate, subtype="FLOAT")
+        command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-codec:a", "libmp3lame",
+                   "-b:a", bitrate, "-f", "mp3", str(partial)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AudioError(f"ffmpeg could not write MP3: {(done.stderr or '').strip()[:200]}")
+
+
+def save(
+    path: str | Path, audio: np.ndarray, rate: int, fmt: str = "wav", bits: str = "16", bitrate: str = "320k"
+) -> None:
     """Write mono (samples,) audio atomically: a hidden temp file in the same folder, then rename.
 
-    An existing file at ``path`` is replaced only once the new one is complete.
+    An existing file at ``path`` is replaced only once the new one is complete. MP3 (``bitrate``,
+    e.g. 320k) goes through ffmpeg; ``bits`` applies to WAV and FLAC.
     """
+    if fmt == "mp3":
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            _save_mp3(partial, audio, rate, bitrate)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return
     if (fmt, bits) not in _SUBTYPES:
         raise ValueError(f"cannot write {bits}-bit {fmt} (choose wav 16/24/32f or flac 16/24)")
     path = Path(path)
@@ -134,6 +167,6 @@ def save(path: str | Path, audio: np.ndarray, rate: int, fmt: str = "wav", bits:
 
 
 __all__ = [
-    "AudioError", "BITS", "FORMATS", "fit_length", "from_windows", "gain_to", "limit_peaks", "load", "resample",
-    "rms", "save", "to_mono", "to_windows",
+    "AUDIO_SUFFIXES", "AudioError", "BITS", "FORMATS", "fit_length", "from_windows", "gain_to", "limit_peaks", "load",
+    "resample", "rms", "save", "to_mono", "to_windows",
 ]  # fmt: skip

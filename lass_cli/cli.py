@@ -159,8 +159,18 @@ def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
     help="Folder the stems are written to.",
 )
 @with_options(search_options)
-@click.option("--format", "fmt", type=click.Choice(["wav", "flac"]), default="wav", show_default=True)
-@click.option("--bits", type=click.Choice(["16", "24", "32f"]), default="16", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["wav", "flac", "mp3"]), default="wav", show_default=True)
+@click.option("--bits", type=click.Choice(["16", "24", "32f"]), default="16", show_default=True, help="WAV and FLAC.")
+@click.option("--mp3-bitrate", default="320k", show_default=True, help="With --format mp3 (ffmpeg's LAME).")
+@click.option(
+    "--stems",
+    "stems",
+    default=None,
+    metavar="NAMES",
+    callback=lambda _ctx, _param, value: tuple(v.strip() for v in value.split(",") if v.strip()) if value else None,
+    help="Comma-separated subset of the model's stems to write (default: all).",
+)
+@click.option("--residual", is_flag=True, help="Also write other = input - sum of the stems (all add up to the input).")
 @click.option(
     "--filename",
     "template",
@@ -185,9 +195,10 @@ def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress or notices on stderr.")
 @one_line_errors
 def separate(inputs: tuple[str, ...], **options: Any) -> None:
-    """Separate each INPUT (an audio file, or - to read paths from stdin) into stems.
+    """Separate each INPUT (an audio file, a folder of them, or - to read paths from stdin) into stems.
 
-    Writes OUT/<input name>/<stem>.wav and OUT/<input name>/report.json by default.
+    Writes OUT/<input name>/<stem>.wav and OUT/<input name>/report.json by default; a folder's
+    files (found recursively) keep their place in it: OUT/<sub/folders/name>/<stem>.wav.
     """
     from .jobs import SeparateRequest, run_separate
 

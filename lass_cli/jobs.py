@@ -74,6 +74,9 @@ class SeparateRequest(SearchRequest):
     out_dir: str = "separated"
     fmt: str = "wav"
     bits: str = "16"
+    mp3_bitrate: str = "320k"
+    stems: tuple[str, ...] | None = None  # a subset of the model's stems to write (None: all)
+    residual: bool = False  # also write "other" = input - sum of the model's stems
     template: str = "{track}/{stem}.{ext}"
     clip_mode: str = "rescale"
     references: tuple[str, ...] = ()
@@ -99,15 +102,44 @@ def choose_model(models: dict[str, ModelSpec], name: str | None) -> tuple[ModelS
     raise ValueError(f"no model has all its files on this machine; run `lass fetch {PAPER_MODEL}`")
 
 
-def output_paths(request: SeparateRequest, spec: ModelSpec) -> list[dict[str, Path]]:
+RESIDUAL = "other"
+
+
+def expand_inputs(inputs: list[Path]) -> list[tuple[Path, str]]:
+    """Each input file with its track name; a folder gives the audio files under it (recursively,
+    sorted), named by their path inside it without the extension, so that the output mirrors it."""
+    sources = []
+    for item in inputs:
+        if not item.is_dir():
+            sources.append((item, item.stem))
+            continue
+        found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in audio.AUDIO_SUFFIXES)
+        if not found:
+            raise ValueError(f"{item}: no audio files in this folder ({', '.join(audio.AUDIO_SUFFIXES)})")
+        sources += [(p, p.relative_to(item).with_suffix("").as_posix()) for p in found]
+    return sources
+
+
+def written_stems(request: SeparateRequest, spec: ModelSpec) -> list[str]:
+    """The stems this run writes: ``--stems`` (default all), then ``other`` with ``--residual``."""
+    chosen = list(request.stems or spec.stems)
+    unknown = [s for s in chosen if s not in spec.stems]
+    if unknown or not chosen:
+        raise ValueError(f"--stems must name some of {', '.join(spec.stems)}, got {','.join(chosen) or 'none'}")
+    if request.residual and RESIDUAL in spec.stems:
+        raise ValueError(f"--residual writes {RESIDUAL}, which is already a stem of model {spec.name}")
+    return chosen + ([RESIDUAL] if request.residual else [])
+
+
+def output_paths(request: SeparateRequest, spec: ModelSpec, sources: list[tuple[Path, str]]) -> list[dict[str, Path]]:
     """Per input: stem -> path and 'report' -> path; raises if two inputs would share a path."""
     out = Path(request.out_dir)
     seen: dict[Path, Path] = {}
     plans = []
-    for source in request.inputs:
-        names = {"track": source.stem, "trackext": source.suffix.lstrip(".")}
+    for source, track in sources:
+        names = {"track": track, "trackext": source.suffix.lstrip(".")}
         plan = {}
-        for stem, ext in [*((s, request.fmt) for s in spec.stems), ("report", "json")]:
+        for stem, ext in [*((s, request.fmt) for s in written_stems(request, spec)), ("report", "json")]:
             try:
                 relative = request.template.format(stem=stem, ext=ext, **names)
             except (KeyError, IndexError, ValueError) as exc:
@@ -121,13 +153,13 @@ def output_paths(request: SeparateRequest, spec: ModelSpec) -> list[dict[str, Pa
     return plans
 
 
-def tokens_paths(request: SeparateRequest) -> list[Path | None]:
+def tokens_paths(request: SeparateRequest, sources: list[tuple[Path, str]]) -> list[Path | None]:
     """Per input, where ``--save-tokens`` writes (``{track}`` in the path names the input)."""
     if not request.save_tokens:
-        return [None] * len(request.inputs)
-    if "{track}" not in request.save_tokens and len(request.inputs) > 1:
+        return [None] * len(sources)
+    if "{track}" not in request.save_tokens and len(sources) > 1:
         raise ValueError("--save-tokens needs {track} in its path when there are several inputs")
-    paths = [Path(request.save_tokens.replace("{track}", source.stem)) for source in request.inputs]
+    paths = [Path(request.save_tokens.replace("{track}", track)) for _, track in sources]
     if len(set(paths)) < len(paths):
         raise ValueError("two inputs would write the same --save-tokens file")
     return paths
@@ -140,7 +172,7 @@ def parse_references(request: SeparateRequest, stems: tuple[str, ...]) -> dict[s
         if not sep or stem not in stems:
             raise ValueError(f"--reference {item!r} must be STEM=PATH with STEM one of {', '.join(stems)}")
         references[stem] = Path(path)
-    if references and len(request.inputs) != 1:
+    if references and (len(request.inputs) != 1 or request.inputs[0].is_dir()):
         raise ValueError("--reference needs exactly one input")
     return references
 
@@ -216,10 +248,13 @@ def _separate_one(
         mix, rate, options, progress.step, request.batch_windows, request.normalize, request.wiener,
         keep_tokens=tokens_path is not None,
     )  # fmt: skip
-    if tokens_path is not None:
-        save_tokens(tokens_path, details.pop("tokens"), separator, options, rate, mix.shape[1], details["level"])
-    peaks = {stem: float(np.abs(x).max()) for stem, x in stems.items()}
-    written = audio.limit_peaks(stems, request.clip_mode)
+    chosen_tokens = details.pop("tokens", None)
+    separated = dict(stems)
+    if request.residual:  # what the stems leave of the input, so that all of them add up to it
+        separated[RESIDUAL] = audio.to_mono(mix) - sum(stems.values())
+    kept = {stem: separated[stem] for stem in plan if stem != "report"}
+    peaks = {stem: float(np.abs(x).max()) for stem, x in kept.items()}
+    written = audio.limit_peaks(kept, request.clip_mode)
     metrics = {}
     for stem, path in references.items():
         reference, reference_rate = audio.load(path)
@@ -231,7 +266,7 @@ def _separate_one(
     placed: list[Path] = []
     try:
         for stem, x in written.items():
-            audio.save(staging / f"{stem}.{request.fmt}", x, rate, request.fmt, request.bits)
+            audio.save(staging / f"{stem}.{request.fmt}", x, rate, request.fmt, request.bits, request.mp3_bitrate)
         for stem in written:
             plan[stem].parent.mkdir(parents=True, exist_ok=True)
             (staging / f"{stem}.{request.fmt}").replace(plan[stem])
@@ -242,12 +277,15 @@ def _separate_one(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if tokens_path is not None:
+        save_tokens(tokens_path, chosen_tokens, separator, options, rate, mix.shape[1], details["level"])
     report = build_report(
         input={"path": str(source), "sample_rate": rate, "channels": int(mix.shape[0]), "samples": int(mix.shape[1]),
                "duration_s": round(mix.shape[1] / rate, 4)},
         model=separator.describe(),
         settings={**asdict(options), "lambda": separator.likelihood.weight, "format": request.fmt,
-                  "bits": request.bits, "clip_mode": request.clip_mode},
+                  "bits": request.bits, "clip_mode": request.clip_mode, "stems": list(written),
+                  **({"mp3_bitrate": request.mp3_bitrate} if request.fmt == "mp3" else {})},
         device=str(separator.device),
         dtype=str(separator.dtype).removeprefix("torch."),
         outputs={stem: str(plan[stem]) for stem in written} | ({"tokens": str(tokens_path)} if tokens_path else {}),
@@ -265,16 +303,17 @@ def run_separate(request: SeparateRequest) -> dict[str, Any]:
     spec, notice = choose_model(models, request.model)
     if notice:
         _notice(request, notice)
-    plans = output_paths(request, spec)
-    token_files = tokens_paths(request)
+    sources = expand_inputs(request.inputs)
+    plans = output_paths(request, spec, sources)
+    token_files = tokens_paths(request, sources)
     references = parse_references(request, spec.stems)
     device = pick_device(request.device)
     options = request.search_options(device, spec)
     separator = request.load_separator(spec, device, options)
-    progress = Progress(sys.stderr.isatty() and not request.quiet and not request.as_json, len(request.inputs))
+    progress = Progress(sys.stderr.isatty() and not request.quiet and not request.as_json, len(sources))
     results = []
     try:
-        for source, plan, tokens_path in zip(request.inputs, plans, token_files):
+        for (source, _), plan, tokens_path in zip(sources, plans, token_files):
             progress.start_file(source.name)
             entry: dict[str, Any] = {"input": str(source), "report": str(plan["report"])}
             started = time.perf_counter()

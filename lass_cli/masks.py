@@ -3,10 +3,10 @@
 A decoded stem is a plausible signal of its source, not the mixture's own samples: its phase and
 fine detail come from the VQ-VAE's decoder. Used as a Wiener-like mask on the mixture's STFT
 (``P_i^a / sum_j P_j^a``, P the power spectrum, a = ``SHARPNESS``) it keeps the mixture's phase
-and detail, and the stems add up to the mixture exactly. P is averaged over every candidate the search kept (the final beams,
-or all samples): a posterior-mean mask, steadier than the power of one guess. It is a per-model
-setting (``wiener = true`` in the registry) with ``--wiener/--no-wiener`` to override; the gains
-on our embedded model are in docs/quality.md.
+and detail, and the stems add up to the mixture exactly. P is averaged over every candidate the
+search kept (the final beams, or all samples): a posterior-mean mask, steadier than the power of
+one guess. It is a per-model setting (``wiener = true`` in the registry) with
+``--wiener/--no-wiener`` to override; the gains on our embedded model are in docs/quality.md.
 """
 
 from __future__ import annotations

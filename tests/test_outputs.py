@@ -1,0 +1,89 @@
+"""What `lass separate` writes for real songs and batches: residual, subsets, MP3, folders (issue 12),
+and shards run at once as separate processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+
+from lass_cli import audio
+
+from .test_cli import lass, mix, needs_ffmpeg
+from .test_evaluate import rows_without_timing, slakh  # noqa: F401  (module fixture)
+
+
+def test_residual_makes_the_written_stems_add_up_to_the_input(tmp_path):
+    rate = 44100
+    sf.write(tmp_path / "song.wav", mix(rate, 1.5, 2).T, rate, subtype="FLOAT")
+    done = lass("separate", "song.wav", "--out", "out", "--beams", "2", "--residual", "--bits", "32f", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stems = {s: sf.read(tmp_path / "out" / "song" / f"{s}.wav", dtype="float64")[0] for s in ("drums", "bass", "other")}
+    source = audio.to_mono(sf.read(tmp_path / "song.wav", dtype="float32", always_2d=True)[0].T)
+    assert np.max(np.abs(sum(stems.values()) - source)) < 1e-6
+    report = json.loads((tmp_path / "out" / "song" / "report.json").read_text())
+    assert set(report["outputs"]) == {"drums", "bass", "other"} and report["settings"]["stems"] == [
+        "drums",
+        "bass",
+        "other",
+    ]
+
+
+@needs_ffmpeg
+def test_a_subset_of_stems_in_mp3_at_the_input_length(tmp_path):
+    rate = 22050
+    sf.write(tmp_path / "song.flac", mix(rate, 1.3, 1).T, rate)
+    done = lass("separate", "song.flac", "--out", "out", "--beams", "2", "--stems", "bass", "--format", "mp3",
+                "--mp3-bitrate", "192k", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "out" / "song"
+    assert sorted(p.name for p in folder.iterdir()) == ["bass.mp3", "report.json"]
+    decoded, decoded_rate = audio.load(folder / "bass.mp3")
+    assert decoded_rate == rate and decoded.shape == (1, int(1.3 * rate))
+    assert np.abs(decoded).max() > 0
+    bad = lass("separate", "song.flac", "--out", "out2", "--stems", "vocals", cwd=tmp_path)
+    assert bad.returncode == 1 and "--stems must name some of drums, bass" in bad.stderr
+
+
+def test_a_folder_input_is_searched_recursively_and_mirrored(tmp_path):
+    rate = 22050
+    for i, relative in enumerate(["album/one.wav", "album/disc2/two.flac", "three.wav"]):
+        path = tmp_path / "music" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, mix(rate, 0.5, 1, seed=i).T, rate)
+    (tmp_path / "music" / "notes.txt").write_text("not audio")
+    done = lass("separate", "music", "--out", "out", "--beams", "2", "--json", "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    inputs = [r["input"] for r in summary["inputs"]]
+    assert inputs == ["music/album/disc2/two.flac", "music/album/one.wav", "music/three.wav"]
+    for track in ("album/one", "album/disc2/two", "three"):
+        assert (tmp_path / "out" / track / "drums.wav").is_file() and (
+            tmp_path / "out" / track / "report.json"
+        ).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = lass("separate", "empty", "--out", "out", cwd=tmp_path)
+    assert none.returncode == 1 and "no audio files" in none.stderr
+
+
+def test_three_shards_at_once_merge_to_the_unsharded_report(slakh, tmp_path):  # noqa: F811
+    common = ["--model", "tiny-random", "--num-mixtures", "6", "--seed", "1", "--beams", "2", "--batch-windows", "1",
+              "-q"]  # fmt: skip
+    whole = lass("evaluate", str(slakh), "--out", "whole.json", *common, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "lass_cli", "evaluate", str(slakh), "--out", f"part{i}.json",
+                          "--shard", f"{i}/3", *common], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]  # fmt: skip
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    merged = lass("evaluate", "merge", "merged.json", "part0.json", "part1.json", "part2.json", cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr
+    expected = json.loads((tmp_path / "whole.json").read_text())
+    got = json.loads((tmp_path / "merged.json").read_text())
+    assert rows_without_timing(got) == rows_without_timing(expected) and got["aggregates"] == expected["aggregates"]
