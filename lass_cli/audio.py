@@ -93,6 +93,39 @@ def from_windows(windows: np.ndarray, length: int) -> np.ndarray:
     return windows.reshape(-1)[:length]
 
 
+def window_count(length: int, size: int, step: int) -> int:
+    """Windows of ``size`` every ``step`` samples that cover ``length`` samples (at least one)."""
+    return 1 if length <= size else 1 + -(-(length - size) // step)
+
+
+def cut_windows(audio: np.ndarray, size: int, step: int) -> np.ndarray:
+    """(samples,) -> (W, size) windows starting every ``step`` samples, the last zero-padded;
+    ``step == size`` is :func:`to_windows`."""
+    count = window_count(len(audio), size, step)
+    padded = fit_length(audio, (count - 1) * step + size)
+    return np.stack([padded[i * step : i * step + size] for i in range(count)])
+
+
+def crossfade(windows: np.ndarray, step: int, length: int) -> np.ndarray:
+    """Inverse of :func:`cut_windows`: overlap-add with complementary fades (sin^2 in, 1 - sin^2 out,
+    summing to exactly 1 at every sample) over each overlap of ``size - step`` samples, trimmed to
+    ``length``. Windows that add up to the mixture still do after the fade."""
+    count, size = windows.shape
+    overlap = size - step
+    if overlap <= 0:
+        return from_windows(windows, length)
+    fade_in = (np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2).astype(np.float32)
+    out = np.zeros((count - 1) * step + size, np.float32)
+    for i, window in enumerate(windows):
+        weight = np.ones(size, np.float32)
+        if i > 0:
+            weight[:overlap] = fade_in
+        if i < count - 1:
+            weight[size - overlap :] = 1 - fade_in
+        out[i * step : i * step + size] += window * weight
+    return fit_length(out, length)
+
+
 def rms(x: np.ndarray) -> float:
     """Root mean square (0 for an empty signal)."""
     return float(np.sqrt(np.mean(np.asarray(x, np.float64) ** 2))) if np.size(x) else 0.0
@@ -167,6 +200,6 @@ def save(
 
 
 __all__ = [
-    "AUDIO_SUFFIXES", "AudioError", "BITS", "FORMATS", "fit_length", "from_windows", "gain_to", "limit_peaks", "load",
-    "resample", "rms", "save", "to_mono", "to_windows",
+    "AUDIO_SUFFIXES", "AudioError", "BITS", "FORMATS", "crossfade", "cut_windows", "fit_length", "from_windows",
+    "gain_to", "limit_peaks", "load", "resample", "rms", "save", "to_mono", "to_windows", "window_count",
 ]  # fmt: skip

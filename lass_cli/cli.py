@@ -170,6 +170,10 @@ def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
     callback=lambda _ctx, _param, value: tuple(v.strip() for v in value.split(",") if v.strip()) if value else None,
     help="Comma-separated subset of the model's stems to write (default: all).",
 )
+@click.option(
+    "--overlap", type=click.FloatRange(0, 1, max_open=True), default=None,
+    help="Fraction of a window that neighbouring windows share, cross-faded (default 0.25; 0 under --compat upstream).",
+)  # fmt: skip
 @click.option("--residual", is_flag=True, help="Also write other = input - sum of the stems (all add up to the input).")
 @click.option(
     "--filename",

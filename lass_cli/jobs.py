@@ -28,6 +28,9 @@ from .separate import Separator, pick_device
 from .tokens import save_tokens
 
 PAPER_MODEL = "slakh-drums-bass"
+# Window overlap of `lass separate` (cross-faded): provisional, to be set by the seam measurement of
+# docs/quality.md; the original code, and --compat upstream, cut windows without overlap.
+DEFAULT_OVERLAP = 0.25
 
 
 @dataclass(kw_only=True)
@@ -77,12 +80,19 @@ class SeparateRequest(SearchRequest):
     mp3_bitrate: str = "320k"
     stems: tuple[str, ...] | None = None  # a subset of the model's stems to write (None: all)
     residual: bool = False  # also write "other" = input - sum of the model's stems
+    overlap: float | None = None  # None: DEFAULT_OVERLAP, 0 under --compat upstream
     template: str = "{track}/{stem}.{ext}"
     clip_mode: str = "rescale"
     references: tuple[str, ...] = ()
     save_tokens: str | None = None
     force: bool = False
     as_json: bool = False
+
+    def window_overlap(self, options: SearchOptions) -> float:
+        """``--overlap``, else the default: none under ``--compat upstream``, as the original cuts."""
+        if self.overlap is not None:
+            return self.overlap
+        return 0.0 if options.compat == "upstream" else DEFAULT_OVERLAP
 
 
 def choose_model(models: dict[str, ModelSpec], name: str | None) -> tuple[ModelSpec, str | None]:
@@ -246,7 +256,7 @@ def _separate_one(
     mix, rate = audio.load(source)
     stems, details = separator.separate(
         mix, rate, options, progress.step, request.batch_windows, request.normalize, request.wiener,
-        keep_tokens=tokens_path is not None,
+        keep_tokens=tokens_path is not None, overlap=request.window_overlap(options),
     )  # fmt: skip
     chosen_tokens = details.pop("tokens", None)
     separated = dict(stems)
@@ -278,7 +288,8 @@ def _separate_one(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if tokens_path is not None:
-        save_tokens(tokens_path, chosen_tokens, separator, options, rate, mix.shape[1], details["level"])
+        step = details["windows"]["step_samples"]
+        save_tokens(tokens_path, chosen_tokens, separator, options, rate, mix.shape[1], details["level"], step)
     report = build_report(
         input={"path": str(source), "sample_rate": rate, "channels": int(mix.shape[0]), "samples": int(mix.shape[1]),
                "duration_s": round(mix.shape[1] / rate, 4)},

@@ -215,6 +215,7 @@ class Separator:
         normalize: bool = True,
         wiener: bool | None = None,
         keep_tokens: bool = False,
+        overlap: float = 0.0,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Separate one mixture, (channels, samples) at ``rate``, into mono stems at ``rate`` of the
         input's length. Windows are searched ``batch_windows`` at a time (default: as many as fit
@@ -225,6 +226,9 @@ class Separator:
         ``normalize`` is on, ``y`` is scaled to it before encoding and the stems scaled back after
         decoding; a silent input is left as it is. With ``wiener`` (default: the model's setting)
         the decoded stems become soft masks on each window of the mixture (:mod:`lass_cli.masks`).
+        With ``overlap`` (a fraction of the window, below 1) windows start every
+        ``window x (1 - overlap)`` samples (a whole number of VQ-VAE hops) and are cross-faded
+        (:func:`audio.crossfade`), so stems do not jump where two windows meet.
         With ``keep_tokens`` the details carry ``tokens``: per window the mixture's tokens and each
         stem's chosen tokens (for ``--save-tokens``)."""
         wiener = self.spec.wiener if wiener is None else wiener
@@ -233,7 +237,10 @@ class Separator:
         level = audio.rms(y)
         gain = audio.gain_to(y, self.spec.input_rms) if normalize else 1.0
         y = (y * gain).astype(np.float32)
-        windows = audio.to_windows(y, self.window_samples)
+        step = self.window_step(overlap)
+        if step < self.window_samples and options.compat == "upstream":
+            raise ValueError("--compat upstream cuts windows without overlap: use --overlap 0")
+        windows = audio.cut_windows(y, self.window_samples, step)
         group = batch_windows or self.default_batch_windows(options)
         batches = [windows[start : start + group] for start in range(0, len(windows), group)]
         tail = len(y) - (len(windows) - 1) * self.window_samples
@@ -291,7 +298,7 @@ class Separator:
             free_steps += [int(n) for n in result.fallback_steps.cpu()]
         stems = {}
         for stem, parts in decoded.items():
-            at_model_rate = audio.from_windows(np.concatenate(parts), len(y))
+            at_model_rate = audio.crossfade(np.concatenate(parts), step, len(y))
             back = audio.resample(at_model_rate, self.spec.sample_rate, rate) / gain
             stems[stem] = audio.fit_length(back.astype(np.float32), len(mono))
         total = sum(seconds.values())
@@ -303,6 +310,8 @@ class Separator:
                 "count": len(windows),
                 "tokens_per_window": self.spec.window_tokens,
                 "samples_per_window": self.window_samples,
+                "step_samples": step,
+                "overlap": round(1 - step / self.window_samples, 6),
                 "batch_windows": group,
                 "scores": scores,
                 "likelihood_free_steps": free_steps,
@@ -315,6 +324,13 @@ class Separator:
             },
         }
         return stems, details
+
+    def window_step(self, overlap: float) -> int:
+        """Samples between window starts for an ``overlap`` fraction, a multiple of the hop."""
+        if not 0 <= overlap < 1:
+            raise ValueError(f"--overlap must be at least 0 and below 1, got {overlap}")
+        hop = self.vqvae.hop_length(self.spec.level)
+        return max(hop, round(self.window_samples * (1 - overlap) / hop) * hop)
 
     def _tokens_in(self, samples: int) -> int:
         return samples // self.vqvae.hop_length(self.spec.level)

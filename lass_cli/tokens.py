@@ -34,12 +34,13 @@ class TokenFile:
     input_samples: int
     model_samples: int  # the input's length at the model's rate
     gain: float  # the input was multiplied by this before encoding
+    step_samples: int  # between window starts at the model's rate (the window's length without --overlap)
     settings: dict[str, Any]
 
 
 def save_tokens(
     path: Path, windows: list[dict[str, np.ndarray]], separator, options, input_rate: int, input_samples: int,
-    level: dict[str, float],
+    level: dict[str, float], step_samples: int,
 ) -> None:  # fmt: skip
     """Write the tokens of every window (as ``Separator.separate(keep_tokens=True)`` gives them)."""
     names = ("mixture", *separator.spec.stems)
@@ -56,8 +57,9 @@ def save_tokens(
     meta = {
         "lass_tokens": TOKENS_VERSION, "model": separator.spec.name, "stems": list(separator.spec.stems),
         "model_rate": rate, "input_rate": input_rate, "input_samples": input_samples,
-        "model_samples": model_samples, "gain": level["gain_in"], "settings": {"compat": options.compat,
-        "method": options.method, "beams": options.beams, "samples": options.samples},
+        "model_samples": model_samples, "gain": level["gain_in"], "step_samples": step_samples,
+        "settings": {"compat": options.compat, "method": options.method, "beams": options.beams,
+                     "samples": options.samples},
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -86,7 +88,7 @@ def read_tokens(path: str | Path) -> TokenFile:
         raise ValueError(f"{path} is not a lass token file of version {TOKENS_VERSION}")
     return TokenFile(meta["model"], stems, tokens, lengths, int(meta["model_rate"]), int(meta["input_rate"]),
                      int(meta["input_samples"]), int(meta["model_samples"]), float(meta["gain"]),
-                     meta.get("settings", {}))  # fmt: skip
+                     int(meta["step_samples"]), meta.get("settings", {}))  # fmt: skip
 
 
 def decode_stems(file: TokenFile, separator) -> dict[str, np.ndarray]:
@@ -103,7 +105,7 @@ def decode_stems(file: TokenFile, separator) -> dict[str, np.ndarray]:
             tokens = torch.from_numpy(row[:length].copy())[None]
             part = separator.decode_tokens(tokens).float().cpu().numpy()[0] if length else np.zeros(0, np.float32)
             pieces.append(audio.fit_length(part, window))
-        at_model_rate = audio.from_windows(np.concatenate(pieces), file.model_samples)
+        at_model_rate = audio.crossfade(np.stack(pieces), file.step_samples, file.model_samples)
         back = audio.resample(at_model_rate, file.model_rate, file.input_rate) / file.gain
         stems[stem] = audio.fit_length(back.astype(np.float32), file.input_samples)
     return stems

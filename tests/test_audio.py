@@ -127,3 +127,25 @@ def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path):
         audio.save(path, tone(22050, 0.1)[0], 0, "flac", "16")  # invalid rate fails inside the writer
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stem.flac"]
+
+
+def test_overlapping_windows_cross_fade_back_exactly_and_without_steps():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1000).astype(np.float32)
+    windows = audio.cut_windows(x, 300, 200)
+    assert windows.shape == (audio.window_count(1000, 300, 200), 300) == (5, 300)
+    np.testing.assert_array_equal(windows[1], x[200:500])
+    np.testing.assert_allclose(audio.crossfade(windows, 200, 1000), x, atol=1e-6)  # fades sum to one
+    np.testing.assert_array_equal(audio.cut_windows(x, 300, 300), audio.to_windows(x, 300))
+    np.testing.assert_array_equal(audio.crossfade(audio.to_windows(x, 300), 300, 1000), x)
+    # Windows whose level is off by different amounts (as independent separations are): without
+    # overlap the stitched signal jumps at each seam; cross-faded, no sample-to-sample step is larger
+    # than the signal's own largest step.
+    t = np.arange(4000)
+    sine = np.sin(2 * np.pi * t / 230).astype(np.float32)
+    for step, size in ((1000, 1000), (750, 1000)):
+        pieces = audio.cut_windows(sine, size, step)
+        gains = np.resize(np.array([1.0, 0.6, 1.4, 0.8], np.float32), len(pieces))
+        own = gains.max() * np.abs(np.diff(sine)).max()  # the largest step of the best-fitting window
+        steps = np.abs(np.diff(audio.crossfade(pieces * gains[:, None], step, len(sine))))
+        assert (steps.max() > 2 * own) if step == size else (steps.max() <= own)
