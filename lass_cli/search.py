@@ -139,6 +139,35 @@ def _select(cum: torch.Tensor, post: torch.Tensor, keep: int) -> tuple[torch.Ten
     return torch.where(torch.isfinite(values), total, float("-inf")), parent, index % n
 
 
+def _advance(
+    t: int, caches: list, candidates: tuple[torch.Tensor, torch.Tensor], parent: torch.Tensor, column: torch.Tensor,
+    parents: torch.Tensor, chosen: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Record step t's choice (parent row and candidate column of each new beam, (W, B)), make the
+    caches follow the parents, and return the tokens the priors read next (W x B,) each."""
+    windows, rows = candidates[0].shape[:2]
+    window_index = torch.arange(windows, device=parent.device)[:, None]
+    z1, z2 = (c[window_index, parent, column] for c in candidates)
+    parents[t], chosen[0, t], chosen[1, t] = parent, z1, z2
+    if t + 1 < parents.shape[0]:
+        index = (window_index * rows + parent).reshape(-1)
+        for cache in caches:
+            cache.reorder(index)
+    return z1.reshape(-1), z2.reshape(-1)
+
+
+def _trace(chosen: torch.Tensor, parents: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The token sequences (2, W, N, S) of the final beams ``order`` (W, N), followed back
+    through the recorded parents."""
+    length = parents.shape[0]
+    tokens = torch.zeros(2, *order.shape, length, dtype=torch.long, device=order.device)
+    beam = order
+    for t in reversed(range(length)):
+        tokens[:, :, :, t] = chosen[:, t].gather(2, beam[None].expand(2, -1, -1))
+        beam = parents[t].gather(1, beam)
+    return tokens
+
+
 def beam_search(
     priors: tuple[PriorLike, PriorLike],
     likelihood: StepLikelihood,
@@ -160,7 +189,6 @@ def beam_search(
     parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
     chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    window_index = torch.arange(windows, device=device)[:, None]
     for t in range(length):
         rows = cum.shape[1]
         lp1, lp2 = (
@@ -169,23 +197,12 @@ def beam_search(
         )
         c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
         cum, parent, column = _select(cum, post, beams)
-        z1, z2 = c1[window_index, parent, column], c2[window_index, parent, column]
-        parents[t], chosen[0, t], chosen[1, t] = parent, z1, z2
-        if t + 1 < length:
-            index = (window_index * rows + parent).reshape(-1)
-            for cache in caches:
-                cache.reorder(index)
-            previous = (z1.reshape(-1), z2.reshape(-1))
+        previous = _advance(t, caches, (c1, c2), parent, column, parents, chosen)
         if on_step is not None:
             on_step(t + 1, length)
     # Trace every final beam back (the first is the best): the candidates for posterior-mean masks.
     order = cum.argsort(dim=1, descending=True)
-    kept = order.shape[1]
-    tokens = torch.zeros(2, windows, kept, length, dtype=torch.long, device=device)
-    beam = order
-    for t in reversed(range(length)):
-        tokens[:, :, :, t] = chosen[:, t, :, :kept].gather(2, beam[None].expand(2, -1, -1))
-        beam = parents[t, :, :kept].gather(1, beam)
+    tokens = _trace(chosen, parents, order)
     alive = torch.isfinite(cum.gather(1, order))  # fewer candidates than beams: -inf rows
     candidates = tokens[:, :, : max(1, int(alive.sum(1).min()))]
     scores = cum.gather(1, order[:, :1])[:, 0]
@@ -219,7 +236,6 @@ def upstream_beam_search(
     parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
     chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    window_index = torch.arange(windows, device=device)[:, None]
     for t in range(length):
         rows = cum.shape[1]
         lp1, lp2 = (
@@ -243,22 +259,11 @@ def upstream_beam_search(
         ranked = kept
         full = torch.isfinite(kept).all(1, keepdim=True)
         cum = torch.where(full, kept.gather(1, parent), kept)  # the original's log_post_sum[beams]
-        z1, z2 = c1[window_index, parent, column], c2[window_index, parent, column]
-        parents[t], chosen[0, t], chosen[1, t] = parent, z1, z2
-        if t + 1 < length:
-            index = (window_index * rows + parent).reshape(-1)
-            for cache in caches:
-                cache.reorder(index)
-            previous = (z1.reshape(-1), z2.reshape(-1))
+        previous = _advance(t, caches, (c1, c2), parent, column, parents, chosen)
         if on_step is not None:
             on_step(t + 1, length)
     # The last beam is the answer; the others follow, last kept first (candidates for masks).
-    order = torch.arange(beams - 1, -1, -1, device=device).expand(windows, beams)
-    tokens = torch.zeros(2, windows, beams, length, dtype=torch.long, device=device)
-    beam = order
-    for t in reversed(range(length)):
-        tokens[:, :, :, t] = chosen[:, t].gather(2, beam[None].expand(2, -1, -1))
-        beam = parents[t].gather(1, beam)
+    tokens = _trace(chosen, parents, torch.arange(beams - 1, -1, -1, device=device).expand(windows, beams))
     alive = torch.isfinite(ranked)
     candidates = tokens[:, :, : max(1, int(alive.sum(1).min()))]
     scores = ranked[:, -1].double()  # the total the original ranks its answer by
