@@ -172,7 +172,7 @@ def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
 )
 @click.option(
     "--overlap", type=click.FloatRange(0, 1, max_open=True), default=None,
-    help="Fraction of a window that neighbouring windows share, cross-faded (default 0.25; 0 under --compat upstream).",
+    help="Fraction of a window that neighbouring windows share, cross-faded (default 0: windows side by side).",
 )  # fmt: skip
 @click.option("--residual", is_flag=True, help="Also write other = input - sum of the stems (all add up to the input).")
 @click.option(

@@ -28,9 +28,9 @@ from .separate import Separator, pick_device
 from .tokens import save_tokens
 
 PAPER_MODEL = "slakh-drums-bass"
-# Window overlap of `lass separate` (cross-faded): provisional, to be set by the seam measurement of
-# docs/quality.md; the original code, and --compat upstream, cut windows without overlap.
-DEFAULT_OVERLAP = 0.25
+# Window overlap of `lass separate` (cross-faded): none until the seam measurement (issue 12) shows
+# what an overlap is worth against its cost (0.25 adds a sixth to a long file's windows).
+DEFAULT_OVERLAP = 0.0
 
 
 @dataclass(kw_only=True)

@@ -75,15 +75,17 @@ def test_beam_reorders_match_reference(fixture_prior, prior_reference):
 
 def test_half_precision_follows_lass_fp16_mode(prior_reference):
     """fp16 projections, fp16 cache, float32 LayerNorm/softmax/output, as LASS runs on CUDA.
-    CPU and CUDA half arithmetic differ, so the tolerance is loose (fp16 vs fp32 is about 0.02)."""
+    Half arithmetic differs between devices and between CPUs (the reference's own kernels: 6e-6 on
+    one of our machines, 0.022 on another, whose fp16 products round differently), so the bound is
+    the size of the fp16 error itself (fp16 vs fp32 is 0.019 here), not the reference's rounding."""
     prior = Prior.from_checkpoint(jukebox_fixture("prior.pth.tar"), dtype=torch.float16)
     assert prior.compute_dtype == torch.float16
     assert prior.prior.x_emb.weight.dtype == torch.float32
     logits = run_incremental(prior, torch.from_numpy(prior_reference["tokens"]))
     assert logits.dtype == torch.float32
-    assert np.abs(logits.numpy() - prior_reference["inc_logits_fp16"]).max() <= 5e-3
+    assert np.abs(logits.numpy() - prior_reference["inc_logits_fp16"]).max() <= 0.05
     beam, _, step0 = run_beam_pattern(prior, prior_reference)
-    assert np.abs(np.stack(beam) - prior_reference["beam_logits_fp16"]).max() <= 5e-3
+    assert np.abs(np.stack(beam) - prior_reference["beam_logits_fp16"]).max() <= 0.05
 
 
 def test_state_dict_matches_original_keys_and_stays_tied(fixture_prior):
