@@ -190,7 +190,7 @@ class Likelihood:
         # keys are sorted, so all m of one (z1, z2) pair are contiguous: normalise over them.
         _, pair_start, pair_inverse = np.unique(pair, return_index=True, return_inverse=True)
         totals = np.add.reduceat(values, pair_start) if len(values) else values
-        log_p = np.log(values) - np.log(totals[pair_inverse])
+        log_p = np.log(values / totals[pair_inverse])  # float64, as the original code computes it
         order = np.argsort(m, kind="stable")
         offsets = np.concatenate(([0], np.cumsum(np.bincount(m, minlength=k))))
         pair = pair[order]
