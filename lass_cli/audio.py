@@ -177,23 +177,16 @@ def save(
     An existing file at ``path`` is replaced only once the new one is complete. MP3 (``bitrate``,
     e.g. 320k) goes through ffmpeg; ``bits`` applies to WAV and FLAC.
     """
-    if fmt == "mp3":
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            _save_mp3(partial, audio, rate, bitrate)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        return
-    if (fmt, bits) not in _SUBTYPES:
+    if fmt != "mp3" and (fmt, bits) not in _SUBTYPES:
         raise ValueError(f"cannot write {bits}-bit {fmt} (choose wav 16/24/32f or flac 16/24)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        sf.write(partial, audio, rate, subtype=_SUBTYPES[fmt, bits], format=fmt.upper())
+        if fmt == "mp3":
+            _save_mp3(partial, audio, rate, bitrate)
+        else:
+            sf.write(partial, audio, rate, subtype=_SUBTYPES[fmt, bits], format=fmt.upper())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

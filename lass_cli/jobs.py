@@ -146,10 +146,11 @@ def output_paths(request: SeparateRequest, spec: ModelSpec, sources: list[tuple[
     out = Path(request.out_dir)
     seen: dict[Path, Path] = {}
     plans = []
+    files = [*((s, request.fmt) for s in written_stems(request, spec)), ("report", "json")]
     for source, track in sources:
         names = {"track": track, "trackext": source.suffix.lstrip(".")}
         plan = {}
-        for stem, ext in [*((s, request.fmt) for s in written_stems(request, spec)), ("report", "json")]:
+        for stem, ext in files:
             try:
                 relative = request.template.format(stem=stem, ext=ext, **names)
             except (KeyError, IndexError, ValueError) as exc:

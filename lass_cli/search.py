@@ -139,26 +139,45 @@ def _select(cum: torch.Tensor, post: torch.Tensor, keep: int) -> tuple[torch.Ten
     return torch.where(torch.isfinite(values), total, float("-inf")), parent, index % n
 
 
+@dataclass
+class _BeamState:
+    """What a beam search keeps across steps: both priors' caches, and per step each new beam's
+    parent row and chosen tokens, (S, W, B) and (2, S, W, B), for the trace back."""
+
+    caches: list
+    parents: torch.Tensor
+    chosen: torch.Tensor
+    window_index: torch.Tensor  # (W, 1), made once per search
+
+    @classmethod
+    def start(cls, priors, windows: int, length: int, beams: int, device: torch.device) -> _BeamState:
+        caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
+        parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
+        chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
+        return cls(caches, parents, chosen, torch.arange(windows, device=device)[:, None])
+
+
 def _advance(
-    t: int, caches: list, candidates: tuple[torch.Tensor, torch.Tensor], parent: torch.Tensor, column: torch.Tensor,
-    parents: torch.Tensor, chosen: torch.Tensor,
+    t: int, state: _BeamState, candidates: tuple[torch.Tensor, torch.Tensor], parent: torch.Tensor,
+    column: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Record step t's choice (parent row and candidate column of each new beam, (W, B)), make the
     caches follow the parents, and return the tokens the priors read next (W x B,) each."""
-    windows, rows = candidates[0].shape[:2]
-    window_index = torch.arange(windows, device=parent.device)[:, None]
+    rows = candidates[0].shape[1]
+    parents, chosen, window_index = state.parents, state.chosen, state.window_index
     z1, z2 = (c[window_index, parent, column] for c in candidates)
     parents[t], chosen[0, t], chosen[1, t] = parent, z1, z2
     if t + 1 < parents.shape[0]:
         index = (window_index * rows + parent).reshape(-1)
-        for cache in caches:
+        for cache in state.caches:
             cache.reorder(index)
     return z1.reshape(-1), z2.reshape(-1)
 
 
-def _trace(chosen: torch.Tensor, parents: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+def _trace(state: _BeamState, order: torch.Tensor) -> torch.Tensor:
     """The token sequences (2, W, N, S) of the final beams ``order`` (W, N), followed back
     through the recorded parents."""
+    chosen, parents = state.chosen, state.parents
     length = parents.shape[0]
     tokens = torch.zeros(2, *order.shape, length, dtype=torch.long, device=order.device)
     beam = order
@@ -184,25 +203,23 @@ def beam_search(
     device = likelihood.device
     plan = likelihood.plan(mixture)
     windows, length = plan.fallback.shape
-    caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
+    state = _BeamState.start(priors, windows, length, beams, device)
     cum = torch.zeros(windows, 1, device=device, dtype=torch.float64)
-    parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
-    chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
     for t in range(length):
         rows = cum.shape[1]
         lp1, lp2 = (
             _log_probs(prior, cache, prev, temperature).view(windows, rows, -1)
-            for prior, cache, prev in zip(priors, caches, previous)
+            for prior, cache, prev in zip(priors, state.caches, previous)
         )
         c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
         cum, parent, column = _select(cum, post, beams)
-        previous = _advance(t, caches, (c1, c2), parent, column, parents, chosen)
+        previous = _advance(t, state, (c1, c2), parent, column)
         if on_step is not None:
             on_step(t + 1, length)
     # Trace every final beam back (the first is the best): the candidates for posterior-mean masks.
     order = cum.argsort(dim=1, descending=True)
-    tokens = _trace(chosen, parents, order)
+    tokens = _trace(state, order)
     alive = torch.isfinite(cum.gather(1, order))  # fewer candidates than beams: -inf rows
     candidates = tokens[:, :, : max(1, int(alive.sum(1).min()))]
     scores = cum.gather(1, order[:, :1])[:, 0]
@@ -231,16 +248,14 @@ def upstream_beam_search(
     device = likelihood.device
     plan = likelihood.plan(mixture)
     windows, length = plan.fallback.shape
-    caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
+    state = _BeamState.start(priors, windows, length, beams, device)
     cum = torch.zeros(windows, 1, device=device)
-    parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
-    chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
     for t in range(length):
         rows = cum.shape[1]
         lp1, lp2 = (
             _log_probs(prior, cache, prev, temperature, upstream=True).view(windows, rows, -1)
-            for prior, cache, prev in zip(priors, caches, previous)
+            for prior, cache, prev in zip(priors, state.caches, previous)
         )
         c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
         totals = cum[:, :, None] + post
@@ -259,11 +274,11 @@ def upstream_beam_search(
         ranked = kept
         full = torch.isfinite(kept).all(1, keepdim=True)
         cum = torch.where(full, kept.gather(1, parent), kept)  # the original's log_post_sum[beams]
-        previous = _advance(t, caches, (c1, c2), parent, column, parents, chosen)
+        previous = _advance(t, state, (c1, c2), parent, column)
         if on_step is not None:
             on_step(t + 1, length)
     # The last beam is the answer; the others follow, last kept first (candidates for masks).
-    tokens = _trace(chosen, parents, torch.arange(beams - 1, -1, -1, device=device).expand(windows, beams))
+    tokens = _trace(state, torch.arange(beams - 1, -1, -1, device=device).expand(windows, beams))
     alive = torch.isfinite(ranked)
     candidates = tokens[:, :, : max(1, int(alive.sum(1).min()))]
     scores = ranked[:, -1].double()  # the total the original ranks its answer by

@@ -201,6 +201,12 @@ class Separator:
         latents = [self.vqvae.encoder_output(chunk, self.spec.level) for chunk in windows.split(_CODER_BATCH)]
         return torch.cat(latents).transpose(1, 2).float()
 
+    def tokens_of(self, latents: torch.Tensor) -> torch.Tensor:
+        """The codes of (W, S, D) encoder outputs: what :meth:`encode_windows` gives, without a second
+        encoder pass."""
+        codebook = self.vqvae.codebook(self.spec.level)
+        return nearest_codes(latents.reshape(-1, latents.shape[-1]), codebook).view(latents.shape[:2])
+
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device)
         return torch.cat([self.vqvae.decode(chunk, self.spec.level) for chunk in tokens.split(_CODER_BATCH)])
@@ -290,7 +296,7 @@ class Separator:
                 part = part.float().cpu().numpy()
                 decoded[stem].append(np.pad(part, ((0, 0), (0, self.window_samples - part.shape[1]))))
             seconds["decode_s"] += time.perf_counter() - clock
-            mixture_tokens = observed if observed.dim() == 2 or not keep_tokens else self.encode_windows(batch)
+            mixture_tokens = observed if observed.dim() == 2 or not keep_tokens else self.tokens_of(observed)
             for w in range(len(batch) if keep_tokens else 0):
                 tokens.append({"mixture": mixture_tokens[w].cpu().numpy(),
                                **{stem: t[w].cpu().numpy() for stem, t in zip(self.spec.stems, chosen)}})  # fmt: skip
