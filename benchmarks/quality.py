@@ -16,6 +16,10 @@ bookkeeping costs (docs/upstream.md): the ``--latent`` model's beam search at ea
 and with ``--compat upstream``, the search's answer decoded without masks (so that only the
 search differs), in OUT/compat-table.md.
 
+With ``--levels -18,-6,0,6`` it measures instead how the input level matters (issue 12): the
+``--latent`` model with its shipped settings, every mixture fed at each level (dB relative to its
+native one), with and without the input-level normalisation, in OUT/level-table.md.
+
 A variant whose report is already complete in OUT (same settings) is read, not run again.
 
 Usage:
@@ -45,6 +49,12 @@ def variants(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
             (f"{compat}-beam{b}", f"{label}, beam B={b}", dict(model=args.latent, sampler="beam", beams=b,
                                                                 compat=compat, wiener=False))
             for b in args.compat_beams for compat, label in (("none", "lass"), ("upstream", "--compat upstream"))
+        ]  # fmt: skip
+    if args.levels:
+        return [
+            (f"level{db:+g}-{mode}", f"{mode}, fed at {db:+g} dB",
+             dict(model=args.latent, level_db=db, normalize=mode == "normalised"))
+            for mode in ("normalised", "raw") for db in args.levels
         ]  # fmt: skip
     rows = []
     if args.counted:
@@ -83,16 +93,23 @@ def main() -> None:
         default=None,
         help="B values of the default vs --compat upstream table (e.g. 1,5,10,20)",
     )
+    parser.add_argument(
+        "--levels",
+        type=lambda text: [float(db) for db in text.split(",")],
+        default=None,
+        help="dB relative to native of the level-robustness table (e.g. -18,-6,0,6)",
+    )
     args = parser.parse_args()
-    if args.compat_beams and not args.latent:
-        parser.error("--compat-beams measures the --latent model")
+    if (args.compat_beams or args.levels) and not args.latent:
+        parser.error("--compat-beams and --levels measure the --latent model")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reports, seconds = [], []
     for name, label, settings in variants(args):
-        settings.setdefault("beams", args.beams)
+        if not args.levels:
+            settings.setdefault("beams", args.beams)
         request = EvaluateRequest(
             root=args.data, split=args.split, num_mixtures=args.num_mixtures, seed=args.seed,
             registries=tuple(args.registry), out=str(out / f"{name}.json"), resume=True, quiet=True, **settings,
@@ -118,7 +135,8 @@ def main() -> None:
         cells = [f"{v:.2f}" if v is not None else "n/a" for v in values]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {f'{each:.1f}' if each else ''} |")
     table = "\n".join(lines) + "\n"
-    (out / ("compat-table.md" if args.compat_beams else "table.md")).write_text(table)
+    name = "compat-table.md" if args.compat_beams else "level-table.md" if args.levels else "table.md"
+    (out / name).write_text(table)
     print(table)
 
 

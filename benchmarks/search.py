@@ -1,13 +1,18 @@
 """Beam search speed: our batched search next to a per-window loop in the upstream style.
 
-Both run on the same priors (random weights, seeded) and the same random likelihood, each in a fresh
-process of this one command, one after the other. Per step it reports the time inside the two prior
-calls and the time in the rest (scoring, top-B, reordering), the time per token, and the memory
-each search added at its peak.
+Both run on the same priors (random weights, seeded, or a registry model's with ``--model``) and the
+same likelihood (random counts with about ``--per-slice`` pairs per mixture token, or the model's),
+each in a fresh process of this one command, one after the other. The upstream loop is a
+straightforward port of the original: one window at a time, caches grown by concatenation and
+copied on every reorder (:class:`ConcatCache`), all candidates' scores sorted. Per step it reports
+the time inside the two prior calls and the time in the rest (scoring, top-B, reordering), the time
+per token, the memory each search added at its peak, the speed-up and whether the tokens agree.
 
 Usage examples:
     python benchmarks/search.py --width 128 --depth 4 --beams 10 --windows 8            # small priors
-    python benchmarks/search.py --full --beams 50 --windows 4 --steps 160 --no-upstream  # small_prior shape
+    python benchmarks/search.py --full --beams 10 --windows 4 --steps 64                # small_prior shape
+    python benchmarks/search.py --model synth-drums-bass --beams 10 --windows 4 --steps 1024
+    python benchmarks/search.py --full --beams 50 --windows 4 --steps 160 --no-upstream
 Prints one table and one JSON line.
 """
 
@@ -21,12 +26,13 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from lass_cli.likelihood import Counts, Likelihood
-from lass_cli.prior import Prior, PriorConfig
+from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig
 from lass_cli.search import beam_search
 
 
@@ -36,12 +42,15 @@ def synchronize(device: torch.device) -> None:
 
 
 class TimedPrior:
-    """Forwards the search interface to a prior and adds up the time spent in ``step``."""
+    """Forwards the search interface to a prior and adds up the time spent in ``step``; with
+    ``concat`` its caches are the upstream :class:`ConcatCache` (the step is the same code)."""
 
-    def __init__(self, prior: Prior) -> None:
-        self.prior, self.seconds = prior, 0.0
+    def __init__(self, prior: Prior, concat: bool = False) -> None:
+        self.prior, self.concat, self.seconds = prior, concat, 0.0
 
     def new_cache(self, rows, max_len=None, capacity=None):
+        if self.concat:
+            return ConcatCache(self.prior.config, rows, max_len or self.prior.config.n_ctx)
         return self.prior.new_cache(rows, max_len, capacity)
 
     def step(self, cache, previous):
@@ -115,31 +124,67 @@ def random_likelihood(bins: int, per_slice: int, seed: int, device: torch.device
     return Counts(bins, keys, values * rng.integers(1, 50, len(values))).likelihood(3.0, device)
 
 
-def upstream_style(priors, likelihood: Likelihood, mixture: torch.Tensor, beams: int) -> tuple[torch.Tensor, ...]:
-    """One window at a time: score the slice's pairs for every beam, sort all flattened scores
-    ascending, keep the last B, reorder caches and concatenate histories (as the upstream loop).
-    Scores are accumulated as in ``lass_cli.search`` (float64 totals), so the two can agree exactly."""
+class ConcatCache:
+    """The upstream cache (Jukebox's ``_append_cache`` and ``_suff_cache_len``, reordered the way
+    LASS does): per layer one tensor of keys and values (rows, positions, 2 x n_state) grown by
+    ``torch.cat`` at every step and trimmed to what its kind reads (row layers the current row,
+    previous-row layers the previous and current rows, column layers every position); a reorder
+    indexes every layer's tensor, a copy of the whole cache. Same interface as ``PriorCache``."""
+
+    def __init__(self, config: PriorConfig, rows: int, max_len: int) -> None:
+        self.rows, self.max_len, self.t, self.block_ctx = rows, max_len, 0, config.block_ctx
+        self._kind = [config.layer_kind(d) for d in range(config.prior_depth)]
+        self._kv: list[torch.Tensor | None] = [None] * config.prior_depth
+
+    def begin_step(self) -> None:
+        pass
+
+    def store(self, layer: int, kv: torch.Tensor) -> torch.Tensor | None:
+        kind, bc, t = self._kind[layer], self.block_ctx, self.t
+        row, col = divmod(t, bc)
+        old = self._kv[layer]
+        cached = kv[:, None] if old is None else torch.cat((old, kv[:, None]), 1)
+        keep = {ROW: col + 1, PREVIOUS_ROW: t + 1 if t < bc else bc + col + 1, COLUMN: t + 1}[kind]
+        self._kv[layer] = cached = cached[:, -keep:]
+        if kind == ROW:
+            return cached
+        if kind == COLUMN:
+            return cached[:, col::bc]
+        return cached[:, :bc] if row else None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self._kv = [None if kv is None else kv[index] for kv in self._kv]
+        self.rows = len(index)
+
+
+def upstream_style(priors, likelihood, mixture: torch.Tensor, beams: int) -> tuple[torch.Tensor, ...]:
+    """The upstream loop: one window at a time, caches grown by concatenation and copied on every
+    reorder, every beam's candidate pairs scored, all flattened scores sorted ascending and the
+    last B kept, histories concatenated. Scores are accumulated as in ``lass_cli.search`` (float64
+    totals, float32 ranking offsets), so the two searches can agree token for token."""
     outputs = []
-    for window in mixture:
-        caches = [p.new_cache(rows=1, max_len=len(window), capacity=beams) for p in priors]
+    for w in range(len(mixture)):
+        plan = likelihood.plan(mixture[w : w + 1])
+        length = plan.fallback.shape[1]
+        caches = [p.new_cache(rows=1, max_len=length) for p in priors]
         cum = torch.zeros(1, device=likelihood.device, dtype=torch.float64)
         h1 = h2 = torch.zeros(1, 0, dtype=torch.long, device=likelihood.device)
         previous = (None, None)
-        for t, m in enumerate(window.tolist()):
-            lp1, lp2 = (torch.log_softmax(p.step(c, x), -1) for p, c, x in zip(priors, caches, previous))
-            start, end = int(likelihood.offsets[m]), int(likelihood.offsets[m + 1])
-            z1, z2, ll = likelihood.z1[start:end], likelihood.z2[start:end], likelihood.scores[start:end]
-            post = (ll[None] + lp1[:, z1] + lp2[:, z2]).flatten()
-            base = (cum - cum.max()).float()  # rank in float32 near the best prefix, sum in float64
-            order = torch.sort(base.repeat_interleave(len(z1)) + post).indices[-beams:]
-            parent, pair = order // len(z1), order % len(z1)
-            h1 = torch.cat((h1[parent], z1[pair][:, None]), 1)
-            h2 = torch.cat((h2[parent], z2[pair][:, None]), 1)
-            cum = cum[parent] + post[order].double()
-            if t + 1 < len(window):
+        for t in range(length):
+            lp1, lp2 = (torch.log_softmax(p.step(c, x), -1)[None] for p, c, x in zip(priors, caches, previous))
+            z1, z2, post = (x[0] for x in likelihood.pairs(plan, t, lp1, lp2, beams))
+            width = post.shape[1]
+            base = (cum - cum.max()).float()
+            order = torch.sort((base[:, None] + post).flatten()).indices[-beams:]
+            parent, pair = order // width, order % width
+            chosen = (z1[parent, pair], z2[parent, pair])
+            h1 = torch.cat((h1[parent], chosen[0][:, None]), 1)
+            h2 = torch.cat((h2[parent], chosen[1][:, None]), 1)
+            cum = cum[parent] + post[parent, pair].double()
+            if t + 1 < length:
                 for cache in caches:
                     cache.reorder(parent)
-            previous = (z1[pair], z2[pair])
+            previous = chosen
         best = int(cum.argmax())
         outputs.append((h1[best], h2[best]))
     return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
@@ -152,6 +197,8 @@ def build(args: argparse.Namespace) -> tuple[list[Prior], Likelihood, torch.Tens
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.model:
+        return model_parts(args, device, dtype)
     if args.full:
         config = PriorConfig(l_bins=args.bins)
     else:
@@ -164,10 +211,29 @@ def build(args: argparse.Namespace) -> tuple[list[Prior], Likelihood, torch.Tens
     return priors, likelihood, mixture, device
 
 
+def model_parts(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """A registry model's priors and likelihood, and what that likelihood observes of W windows
+    of the bundled example (``examples/mix.flac``, its windows repeated if it has fewer)."""
+    from lass_cli import audio
+    from lass_cli.registry import load_registry
+    from lass_cli.separate import Separator
+
+    spec = load_registry()[args.model]
+    separator = Separator.load(spec, device, dtype)
+    mix, rate = audio.load(Path(__file__).resolve().parents[1] / "examples" / "mix.flac")
+    y = audio.resample(audio.to_mono(mix), rate, spec.sample_rate) / 2
+    y = y * audio.gain_to(y, spec.input_rms)
+    windows = audio.cut_windows(y.astype(np.float32), separator.window_samples, separator.window_samples)
+    windows = np.resize(windows, (args.windows, windows.shape[1]))
+    with torch.inference_mode():
+        observed = separator.observe(torch.from_numpy(windows).to(device))[:, : args.steps]
+    return list(separator.priors), separator.likelihood, observed, device
+
+
 def run(mode: str, args: argparse.Namespace) -> dict:
     """One search in this process; returns its timings, tokens and peak memory."""
     priors, likelihood, mixture, device = build(args)
-    timed = [TimedPrior(p) for p in priors]
+    timed = [TimedPrior(p, concat=mode == "upstream") for p in priors]
     gc.collect()
     with SearchMemory(device) as memory:
         synchronize(device)
@@ -197,6 +263,7 @@ def in_fresh_process(mode: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="a registry model (e.g. synth-drums-bass)")
     parser.add_argument("--full", action="store_true", help="small_prior shape: width 1024, depth 48, blocks 64")
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=4)
@@ -217,10 +284,11 @@ def main() -> None:
     row = {
         "device": args.device,
         "dtype": ours["dtype"],
+        "model": args.model or ("small_prior shape" if args.full else "small random priors"),
         "prior_width": config.prior_width,
         "prior_depth": config.prior_depth,
-        "bins": args.bins,
-        "pairs_per_slice": args.per_slice,
+        "bins": config.bins,
+        "pairs_per_slice": None if args.model else args.per_slice,
         "beams": args.beams,
         "windows": args.windows,
         "steps": args.steps,

@@ -242,6 +242,13 @@ def evaluate() -> None:
     default=None,
     help="Write each row's mixture, estimates, references and oracle as float WAV here.",
 )
+@click.option(
+    "--level-db",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Feed each mixture this many dB above its native level (level robustness; metrics at native level).",
+)
 @with_options(search_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the aggregates as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True)

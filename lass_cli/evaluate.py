@@ -58,6 +58,7 @@ class EvaluateRequest(SearchRequest):
     resume: bool = False
     force: bool = False
     save_audio: str | None = None
+    level_db: float = 0.0  # feed every mixture this many dB above its native level (robustness)
 
     @property
     def group(self) -> int:
@@ -114,6 +115,7 @@ def _settings(request: EvaluateRequest, separator: Separator, options: SearchOpt
         "search": asdict(options),
         "lambda": separator.likelihood.weight,
         "normalize": request.normalize,
+        "level_db": request.level_db,
         "wiener": separator.spec.wiener if request.wiener is None else request.wiener,
         "protocol": {
             "rate": separator.spec.sample_rate,
@@ -217,8 +219,10 @@ def _evaluate_batch(
 ) -> list[dict[str, Any]]:  # fmt: skip
     rate, window = separator.spec.sample_rate, separator.window_samples
     truths = [_segments(chunk, loader) for _, chunk in group]
-    # Each row is its own mixture: brought to the model's level on its own, then scaled back.
-    gains = [row_gain(separator, sum(t.values()) / 2, request.normalize) for t in truths]
+    # Each row is its own mixture: brought to the asked level, then (normalising) to the model's
+    # level on its own; the estimates are scaled back by the whole gain, to the native level.
+    fed = 10 ** (request.level_db / 20)
+    gains = [fed * row_gain(separator, fed * sum(t.values()) / 2, request.normalize) for t in truths]
     # One signal of padded chunks: each chunk is exactly one window, and windows are independent.
     # Under --compat upstream a short chunk is separated on its own, unpadded, as the original does.
     alone = [options.compat == "upstream" and chunk.length < window for _, chunk in group]

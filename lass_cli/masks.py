@@ -37,14 +37,34 @@ def _stft(x: torch.Tensor, length: int) -> torch.Tensor:
     )
 
 
-def mean_power(decode: Callable[[torch.Tensor], torch.Tensor], candidates: torch.Tensor, length: int) -> torch.Tensor:
+def mean_power(
+    decode: Callable[[torch.Tensor], torch.Tensor], candidates: torch.Tensor, length: int, reach: int | None = None
+) -> torch.Tensor:
     """Power spectrogram of the decoded candidates (W, N, S) tokens, averaged over N: (W, F, frames).
-    Candidates are decoded one rank at a time, so memory holds W signals, not W x N."""
-    total = None
-    for n in range(candidates.shape[1]):
-        power = _stft(decode(candidates[:, n]), length).abs().pow(2)
-        total = power if total is None else total + power
-    assert total is not None, "no candidates"
+    Candidates are decoded one rank at a time, so memory holds W signals, not W x N.
+
+    With ``reach`` (the decoder's receptive field in tokens, :meth:`VQVAE.decoder_reach`) a
+    candidate that agrees with the first one up to token d is decoded only from token
+    ``d - 2 reach`` on, and the first one's samples are kept before ``d - reach``: the final beams
+    of a beam search differ only in their last few dozen tokens, so this decodes a fraction."""
+    first = decode(candidates[:, 0])
+    total = _stft(first, length).abs().pow(2)
+    hop = first.shape[-1] // candidates.shape[-1]
+    for n in range(1, candidates.shape[1]):
+        tokens = candidates[:, n]
+        start = 0
+        if reach is not None:
+            differs = (tokens != candidates[:, 0]).any(0).nonzero()
+            start = max(0, int(differs[0]) - 2 * reach) if len(differs) else tokens.shape[-1]
+        if start == 0:
+            signal = decode(tokens)
+        elif start >= tokens.shape[-1]:
+            signal = first
+        else:
+            keep = start + reach  # from here on the tail's samples have their whole context
+            tail = decode(tokens[:, start:])
+            signal = torch.cat((first[:, : keep * hop], tail[:, reach * hop :]), dim=-1)
+        total = total + _stft(signal, length).abs().pow(2)
     return total / candidates.shape[1]
 
 

@@ -38,14 +38,19 @@ def si_sdr_improvement(reference: np.ndarray, estimate: np.ndarray, mixture: np.
     return si_sdr(reference, estimate) - si_sdr(reference, mixture)
 
 
-def museval_sdr(reference: np.ndarray, estimate: np.ndarray, rate: int) -> float:
-    """Median over 1 s frames of museval's BSS Eval v4 SDR (NaN if every frame is silent)."""
+def museval_frames(reference: np.ndarray, estimate: np.ndarray, rate: int) -> np.ndarray:
+    """museval's BSS Eval v4 SDR of each 1 s frame (NaN where reference or estimate is silent)."""
     try:
         import museval
     except ImportError:  # pragma: no cover - museval is in the eval extra
         raise MissingDependency("SDR needs museval: pip install 'lass-cli[eval]'") from None
     reference = np.asarray(reference, np.float64)[None, :, None]
     estimate = np.asarray(estimate, np.float64)[None, :, None]
-    frames = museval.evaluate(reference, estimate, win=rate, hop=rate)[0][0]
+    return museval.evaluate(reference, estimate, win=rate, hop=rate)[0][0]
+
+
+def museval_sdr(reference: np.ndarray, estimate: np.ndarray, rate: int) -> float:
+    """Median over 1 s frames of museval's BSS Eval v4 SDR (NaN if every frame is silent)."""
+    frames = museval_frames(reference, estimate, rate)
     finite = frames[np.isfinite(frames)]
     return float(np.median(finite)) if len(finite) else float("nan")

@@ -149,6 +149,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     return torch.matmul(torch.softmax(w, dim=-1).to(v.dtype), v)
 
 
+def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int) -> torch.Tensor:
+    """:func:`attend` for one query per row, q (rows, n_state) against keys and values (rows, L,
+    n_state), one head at a time: each head's keys are read where they lie (a 4-D matmul over
+    heads would copy them first), the same arithmetic as :func:`attend`."""
+    width = q.shape[1] // heads
+    scale = 1.0 / math.sqrt(math.sqrt(width))
+    out = []
+    for h in range(heads):
+        part = slice(h * width, (h + 1) * width)
+        w = torch.bmm(q[:, None, part], keys[:, :, part].transpose(1, 2)) * (scale * scale)
+        out.append(torch.bmm(torch.softmax(w.float(), dim=-1).to(values.dtype), values[:, :, part])[:, 0])
+    return out[0] if heads == 1 else torch.cat(out, dim=1)
+
+
 class _FactoredAttention(nn.Module):
     def __init__(self, config: PriorConfig, kind: int) -> None:
         super().__init__()
@@ -191,8 +205,7 @@ class _FactoredAttention(nn.Module):
         if context is None:  # previous-row layer in row 0: attention to zeros is exactly zero
             return self.c_proj(torch.zeros_like(q))
         keys, values = context.chunk(2, dim=-1)
-        out = attend(self._split(q[:, None]), self._split(keys), self._split(values), causal=False)
-        return self.c_proj(self._merge(out)[:, 0])
+        return self.c_proj(_attend_one(q, keys, values, self.heads))
 
 
 class _ResAttnBlock(nn.Module):

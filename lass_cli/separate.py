@@ -27,8 +27,14 @@ from .search import SearchOptions, search
 from .vqvae import VQVAE, VQVAEConfig, nearest_codes
 
 UPSTREAM_FIRST = "bass"  # the original code's source 0
-# Windows per VQ-VAE call: its activations for one 3 s window are tens of MB.
-_CODER_BATCH = 8
+# Windows per VQ-VAE call. One 3 s window's activations are about 16 MB a layer: on a CPU two
+# windows stay in cache (decoding measured 0.12 s a window at 2 against 0.22 s at 6), a GPU wants
+# more rows.
+_CODER_BATCH = {"cpu": 2, "cuda": 8}
+# Rows (windows x beams) per prior call. On 2 CPU cores a full-size step reaches the matmul's
+# throughput by about 100 rows and the embedded one's cost per row stops falling by 100-200
+# (docs/benchmarks.md); a GPU wants thousands.
+_MAX_ROWS = {"cpu": 256, "cuda": 4096}
 
 
 def _available_memory() -> int:
@@ -182,23 +188,26 @@ class Separator:
 
     def default_batch_windows(self, options: SearchOptions) -> int:
         """How many windows to search at once: the priors' caches for all their rows (windows x
-        beams, or x samples) may take half of the memory available now."""
+        beams, or x samples) may take half of the memory available now, and a prior call holds at
+        most ``_MAX_ROWS`` rows (past that a step gains no throughput, and a long file would
+        only hold more memory)."""
         if self.device.type == "cuda":
             available = torch.cuda.mem_get_info(self.device)[0]
         else:
             available = _available_memory()
         rows = options.samples if options.method == "sample" else options.beams
         per_row = sum(PriorCache.bytes_per_row(p.config, self.spec.window_tokens, self.dtype) for p in self.priors)
-        return max(1, int(available * 0.5) // (rows * per_row))
+        by_memory = int(available * 0.5) // (rows * per_row)
+        return max(1, min(by_memory, _MAX_ROWS.get(self.device.type, 256) // rows))
 
     def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.vqvae.encode(chunk, self.spec.level) for chunk in windows.split(_CODER_BATCH)])
+        return torch.cat([self.vqvae.encode(chunk, self.spec.level) for chunk in windows.split(self._coder_batch)])
 
     def observe(self, windows: torch.Tensor) -> torch.Tensor:
         """What the likelihood reads of the mixture windows: tokens (W, S), or latents (W, S, D)."""
         if self.likelihood.observes == "tokens":
             return self.encode_windows(windows)
-        latents = [self.vqvae.encoder_output(chunk, self.spec.level) for chunk in windows.split(_CODER_BATCH)]
+        latents = [self.vqvae.encoder_output(chunk, self.spec.level) for chunk in windows.split(self._coder_batch)]
         return torch.cat(latents).transpose(1, 2).float()
 
     def tokens_of(self, latents: torch.Tensor) -> torch.Tensor:
@@ -209,7 +218,11 @@ class Separator:
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device)
-        return torch.cat([self.vqvae.decode(chunk, self.spec.level) for chunk in tokens.split(_CODER_BATCH)])
+        return torch.cat([self.vqvae.decode(chunk, self.spec.level) for chunk in tokens.split(self._coder_batch)])
+
+    @property
+    def _coder_batch(self) -> int:
+        return _CODER_BATCH.get(self.device.type, 8)
 
     def separate(
         self,
@@ -287,7 +300,8 @@ class Separator:
                 candidates = (
                     result.candidates if result.candidates is not None else torch.stack(result.tokens)[:, :, None]
                 )
-                powers = [masks.mean_power(self.decode_tokens, candidates[order.index(i)], batch.shape[1])
+                reach = self.vqvae.decoder_reach(self.spec.level)
+                powers = [masks.mean_power(self.decode_tokens, candidates[order.index(i)], batch.shape[1], reach)
                           for i in range(2)]  # fmt: skip
                 parts = masks.wiener(2 * batch, powers)
             else:

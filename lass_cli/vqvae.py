@@ -7,6 +7,7 @@ LASS uses only the top level (hop 128 at 44.1 kHz, K = 2048 for the Jukebox 5B V
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +142,15 @@ class _ResidualBlock(nn.Module):
         return x + self.model(x)
 
 
+def _dilations(config: VQVAEConfig, depth: int) -> list[int]:
+    growth, cycle = config.dilation_growth_rate, config.dilation_cycle
+    return [growth ** (d % cycle if cycle else d) for d in range(depth)]
+
+
 class _ResidualStack(nn.Module):
     def __init__(self, width: int, depth: int, config: VQVAEConfig, reverse: bool) -> None:
         super().__init__()
-        growth, cycle = config.dilation_growth_rate, config.dilation_cycle
-        dilations = [growth ** (d % cycle if cycle else d) for d in range(depth)]
+        dilations = _dilations(config, depth)
         if reverse:
             dilations.reverse()
         hidden = int(config.m_conv * width)
@@ -269,6 +274,21 @@ class VQVAE(nn.Module):
 
     def hop_length(self, level: int = -1) -> int:
         return self.config.hop_lengths[self._level(level)]
+
+    def decoder_reach(self, level: int = -1) -> int:
+        """Tokens either side of a token that can change its decoded samples (the decoder's
+        receptive field, rounded up): two token sequences that agree within that distance of a
+        token decode to the same samples there."""
+        config, level = self.config, self._level(level)
+        depth = _level_size(config, level)[1]
+        reach, step = 0.0, 1.0  # in tokens; step: one sample of the current resolution
+        for stage in reversed(range(level + 1)):
+            reach += step  # the kernel-3 conv from emb_width
+            for _ in range(config.downs_t[stage]):
+                reach += step * sum(_dilations(config, depth))  # kernel-3 dilated convs
+                reach += 2 * step  # the transposed conv reads up to two inputs each side
+                step /= config.strides_t[stage]
+        return math.ceil(reach + step) + 1  # the output conv, and a token to spare
 
     def codebook(self, level: int = -1) -> torch.Tensor:
         """(K, emb_width) code vectors of a level."""

@@ -50,3 +50,26 @@ def test_mean_power_averages_the_candidates():
     expected = (power(low) + 2 * power(high)) / 3
     torch.testing.assert_close(mean_power(decode, candidates, length), expected)
     assert np.isfinite(expected.numpy()).all()
+
+
+def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_power():
+    """Final beams share all but their last tokens: decoding only their tails (the decoder's reach
+    before the first difference on) gives the power of decoding each candidate whole."""
+    from lass_cli.vqvae import VQVAE, VQVAEConfig
+
+    torch.manual_seed(0)
+    config = VQVAEConfig(levels=2, downs_t=(2, 2), strides_t=(2, 2), emb_width=8, l_bins=16, width=8, depth=3,
+                         hvqvae_multipliers=(1, 1))  # fmt: skip
+    vqvae = VQVAE(config)
+    with torch.no_grad():
+        vqvae.bottleneck.level_blocks[1].k.normal_()
+    best = torch.randint(0, 16, (2, 1, 300))
+    candidates = best.repeat(1, 4, 1)
+    candidates[0, 1, 250:] = 3  # differs late in one window
+    candidates[1, 2, 120:] = 5  # earlier in the other
+    candidates[:, 3, 0] = 7  # from the first token: decoded whole
+    decode = lambda tokens: vqvae.decode(tokens, level=1)  # noqa: E731
+    length = 300 * vqvae.hop_length(1)
+    whole = mean_power(decode, candidates, length)
+    tails = mean_power(decode, candidates, length, reach=vqvae.decoder_reach(1))
+    torch.testing.assert_close(tails, whole, rtol=1e-4, atol=1e-6)

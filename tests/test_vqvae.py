@@ -225,3 +225,20 @@ def test_saved_files_follow_the_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("levels,downs,strides,depth,growth", [(1, (5,), (2,), 1, 3), (3, (3, 2, 2), (2, 2, 2), 4, 3),
+                                                               (2, (2, 3), (4, 2), 3, 2)])  # fmt: skip
+def test_decoder_reach_bounds_where_a_token_changes_the_audio(levels, downs, strides, depth, growth):
+    config = VQVAEConfig(levels=levels, downs_t=downs, strides_t=strides, emb_width=8, l_bins=16, width=8,
+                         depth=depth, dilation_growth_rate=growth, hvqvae_multipliers=(1,) * levels)  # fmt: skip
+    model = _random_model(config, seed=1)
+    level, reach = levels - 1, model.decoder_reach(levels - 1)
+    hop, length, where = model.hop_length(level), 4 * reach + 8, 2 * reach + 4
+    tokens = torch.randint(0, 16, (1, length))
+    changed = tokens.clone()
+    changed[0, where] = (tokens[0, where] + 1) % 16
+    moved = ((model.decode(tokens, level) - model.decode(changed, level)).abs()[0] > 0).nonzero()[:, 0]
+    first, last = int(moved[0]) // hop, int(moved[-1]) // hop
+    assert where - reach <= first and last <= where + reach  # the change stays within the reach
+    assert where - first >= reach // 3  # and the bound is not wildly loose
