@@ -9,6 +9,12 @@ shape (rows x width by width x K, the output projection) at the same row count; 
 the efficiency. The late position is reached by filling the cache with random keys and setting
 its position, not by stepping through the window (the step's cost does not depend on the keys).
 
+It then derives, from the same FLOP count and a count of the bytes a step moves, an estimate for
+the full-size model at B = 100 (both priors, 1 and 8 windows at once) on one H100 SXM and one RTX
+3090 from their published peak figures: the step cannot be faster than its FLOPs at peak tensor
+throughput nor than its bytes at peak memory bandwidth; without CUDA graphs each of its kernels
+also costs a launch (about 5 us). An estimate, not a measurement.
+
 Usage:
     python benchmarks/prior_step.py --rows 1,10,40,100 --threads 2
 Prints one table and one JSON line.
@@ -29,21 +35,58 @@ WINDOW = 1024
 POSITIONS = {"early": 100, "late": 900}
 
 
+def attended(config: PriorConfig, t: int) -> dict[int, int]:
+    """Positions each kind of layer attends to at position t."""
+    row, col = divmod(t, config.block_ctx)
+    return {ROW: col + 1, COLUMN: row + 1, PREVIOUS_ROW: config.block_ctx if row else 0}
+
+
 def step_flops(config: PriorConfig, t: int) -> float:
     """Multiply-adds x 2 of one step of one row at position t."""
-    width, state, hidden, bc = (
-        config.prior_width,
-        config.n_state,
-        int(config.m_mlp * config.prior_width),
-        config.block_ctx,
-    )
-    row, col = divmod(t, bc)
-    keys = {ROW: col + 1, COLUMN: row + 1, PREVIOUS_ROW: bc if row else 0}
+    width, state, hidden = config.prior_width, config.n_state, int(config.m_mlp * config.prior_width)
+    keys = attended(config, t)
     total = 0.0
     for layer in range(config.prior_depth):
         total += 2 * width * 3 * state + 2 * state * width + 2 * 2 * width * hidden  # qkv, proj, MLP
         total += 2 * 2 * keys[config.layer_kind(layer)] * state  # scores and weighted values
     return total + 2 * width * config.bins  # the output projection
+
+
+def step_bytes(config: PriorConfig, t: int, rows: int, size: int) -> float:
+    """Bytes one step of ``rows`` rows moves at position t with ``size``-byte projections: every
+    weight read once, each layer's new keys written, and what attention reads gathered (read,
+    written) and read again; the float32 output projection (the tied embedding) read once."""
+    width, state, hidden = config.prior_width, config.n_state, int(config.m_mlp * config.prior_width)
+    keys = attended(config, t)
+    total = 4.0 * width * config.bins
+    for layer in range(config.prior_depth):
+        total += size * (3 * width * state + state * width + 2 * width * hidden)
+        total += size * rows * 2 * state * (1 + 3 * keys[config.layer_kind(layer)])
+    return total
+
+
+# Published peaks: dense fp16 tensor FLOP/s (fp32 accumulate) and memory bandwidth.
+GPUS = {"H100 SXM": (989e12, 3.35e12), "RTX 3090": (71e12, 936e9)}
+KERNELS_PER_LAYER = 20  # launches of one layer's step (projections, norms, attention, adds)
+LAUNCH_S = 5e-6
+
+
+def gpu_estimates(beams: int = 100, windows: tuple[int, ...] = (1, 8)) -> list[dict]:
+    """Per step and per 1024-token window, both priors, fp16, at B = ``beams``."""
+    config, out = PriorConfig(), []
+    for w in windows:
+        rows = w * beams
+        ts = range(0, WINDOW, 64)
+        flops = 2 * sum(rows * step_flops(config, t) for t in ts) / len(ts)
+        moved = 2 * sum(step_bytes(config, t, rows, 2) for t in ts) / len(ts)
+        launches = 2 * config.prior_depth * KERNELS_PER_LAYER * LAUNCH_S
+        for gpu, (peak, bandwidth) in GPUS.items():
+            bound = max(flops / peak, moved / bandwidth)
+            out.append({"gpu": gpu, "windows": w, "rows_per_prior": rows, "gflop_per_step": flops / 1e9,
+                        "gb_per_step": moved / 1e9, "bound_ms": 1e3 * bound,
+                        "with_launches_ms": 1e3 * (bound + launches),
+                        "seconds_per_window": WINDOW * (bound + launches) / w})  # fmt: skip
+    return out
 
 
 def time_step(prior: Prior, rows: int, t: int, repeats: int) -> float:
@@ -102,7 +145,14 @@ def main() -> None:
     for r in results:
         print(f"{r['model']:<24} {r['rows']:>5} {r['position']:>6} {r['ms']:>9.2f} {r['gflop']:>8.3f} "
               f"{r['gflops']:>8.1f} {r['matmul_gflops']:>8.1f} {r['efficiency']:>6.0%}")  # fmt: skip
-    print(json.dumps({"benchmark": "prior_step", "threads": torch.get_num_threads(), "results": results}))
+    estimates = gpu_estimates()
+    print("\nEstimate (not measured), full-size model, B = 100, both priors, fp16:")
+    print(f"{'gpu':<10} {'windows':>7} {'GFLOP':>8} {'GB':>6} {'bound ms':>9} {'+launch ms':>11} {'s/window':>9}")
+    for e in estimates:
+        print(f"{e['gpu']:<10} {e['windows']:>7} {e['gflop_per_step']:>8.1f} {e['gb_per_step']:>6.2f} "
+              f"{e['bound_ms']:>9.2f} {e['with_launches_ms']:>11.2f} {e['seconds_per_window']:>9.2f}")  # fmt: skip
+    print(json.dumps({"benchmark": "prior_step", "threads": torch.get_num_threads(), "results": results,
+                      "gpu_estimates": estimates}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import torch
 from lass_cli.likelihood import Counts, Likelihood
 from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig
 from lass_cli.search import beam_search
+from lass_cli.separate import pick_dtype
 
 
 def synchronize(device: torch.device) -> None:
@@ -193,7 +194,7 @@ def upstream_style(priors, likelihood, mixture: torch.Tensor, beams: int) -> tup
 def build(args: argparse.Namespace) -> tuple[list[Prior], Likelihood, torch.Tensor, torch.device]:
     """Priors, likelihood and mixture tokens, the same in every process (seeded)."""
     device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = pick_dtype(device, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -274,7 +275,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=256, help="tokens per window (1024 in LASS)")
     parser.add_argument("--no-upstream", action="store_true", help="skip the per-window loop")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16/bfloat16 (CUDA default fp16)")
+    parser.add_argument("--dtype", default="auto", help="auto (CPU float32, CUDA float16), float32, float16, bfloat16")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 

@@ -64,7 +64,9 @@ def load(path: str | Path) -> tuple[np.ndarray, int]:
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
     """Average the channels: (channels, samples) -> (samples,)."""
-    return audio.mean(axis=0, dtype=np.float32) if audio.ndim == 2 else audio.astype(np.float32, copy=False)
+    if audio.ndim == 2 and audio.shape[0] > 1:
+        return audio.mean(axis=0, dtype=np.float32)
+    return audio.reshape(-1).astype(np.float32, copy=False)  # one channel: itself, not a copy
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -102,8 +104,11 @@ def cut_windows(audio: np.ndarray, size: int, step: int) -> np.ndarray:
     """(samples,) -> (W, size) windows starting every ``step`` samples, the last zero-padded;
     ``step == size`` is :func:`to_windows`."""
     count = window_count(len(audio), size, step)
-    padded = fit_length(audio, (count - 1) * step + size)
-    return np.stack([padded[i * step : i * step + size] for i in range(count)])
+    windows = np.zeros((count, size), audio.dtype)
+    for i in range(count):
+        piece = audio[i * step : i * step + size]
+        windows[i, : len(piece)] = piece
+    return windows
 
 
 def crossfade(windows: np.ndarray, step: int, length: int) -> np.ndarray:

@@ -115,6 +115,8 @@ search_options = [
     click.option("-n", "--model", default=None, help="Model name (see `lass models`)."),
     registry_option,
     click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
+    click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+                 show_default=True, help="Precision of the priors' projections (auto: CUDA float16, CPU float32)."),
     click.option("--sampler", type=click.Choice(["beam", "greedy", "sample"]), default=None,
                  help="Search method (default: the model's, else beam)."),
     click.option("--beams", type=click.IntRange(min=1), default=None, help="Beam width B (default 100; 10 on CPU)."),

@@ -114,6 +114,7 @@ def _settings(request: EvaluateRequest, separator: Separator, options: SearchOpt
         "rows_per_group": request.group,
         "search": asdict(options),
         "lambda": separator.likelihood.weight,
+        "dtype": str(separator.dtype).removeprefix("torch."),
         "normalize": request.normalize,
         "level_db": request.level_db,
         "wiener": separator.spec.wiener if request.wiener is None else request.wiener,

@@ -24,7 +24,7 @@ from .metrics import sdr, si_sdr
 from .registry import ModelSpec, get_model, is_present, load_registry
 from .report import build_report, write_json
 from .search import SearchOptions
-from .separate import Separator, pick_device
+from .separate import Separator, pick_device, pick_dtype
 from .tokens import save_tokens
 
 PAPER_MODEL = "slakh-drums-bass"
@@ -40,6 +40,7 @@ class SearchRequest:
     model: str | None = None
     registries: tuple[str, ...] = ()
     device: str = "auto"
+    dtype: str = "auto"
     sampler: str | None = None  # None here and below: the model's [search] setting, else the default
     beams: int | None = None
     samples: int | None = None
@@ -64,9 +65,8 @@ class SearchRequest:
         return SearchOptions(**settings, temperature=self.temperature, seed=self.seed, compat=self.compat)
 
     def load_separator(self, spec: ModelSpec, device: torch.device, options: SearchOptions) -> Separator:
-        """The model on its device; ``--compat upstream`` runs the priors in float32."""
-        dtype = torch.float32 if options.compat == "upstream" else None
-        return Separator.load(spec, device, dtype, weight=self.weight)
+        """The model on its device, in the precision :func:`pick_dtype` gives."""
+        return Separator.load(spec, device, pick_dtype(device, self.dtype, options.compat), weight=self.weight)
 
 
 @dataclass(kw_only=True)

@@ -148,8 +148,9 @@ def test_shorter_sequences_score_like_the_full_prefix():
         assert torch.allclose(prior(tokens[:, :length]), full[:, :length], atol=ATOL, rtol=0)
 
 
-def test_reorder_with_repeats_and_drops_equals_reordered_histories():
-    prior = random_prior(seed=2)
+@pytest.mark.parametrize("heads", [1, 4])
+def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads):
+    prior = random_prior(seed=2, heads=heads)
     generator = torch.Generator().manual_seed(0)
     rows, length = 5, 30
     cache = prior.new_cache(rows=1, max_len=length, capacity=rows)

@@ -29,6 +29,8 @@ def test_stems_keep_rate_and_length_and_do_not_depend_on_window_batching():
     total = -(-windows // 2) * separator.spec.window_tokens  # steps of each batch of windows
     assert steps[-1] == (total, total) and len(steps) == total
     assert separator.default_batch_windows(options) >= 1
+    # By default a prior call holds at most 256 rows on CPU: a long file is searched in batches.
+    assert 1 <= separator.default_batch_windows(SearchOptions(beams=10)) <= 25
 
 
 def test_input_level_normalisation_round_trips(tmp_path):
@@ -94,3 +96,29 @@ def test_a_model_file_that_does_not_match_its_checksum_is_refused(tmp_path):
     (tmp_path / "models.toml").write_text(tiny)
     with pytest.raises(ValueError, match="damaged or replaced"):
         load_parts(load_registry([tmp_path / "models.toml"])["tiny-file"])
+
+
+def test_device_and_dtype_are_chosen_in_one_place(tmp_path):
+    """pick_dtype decides the precision for separate, evaluate and the benchmarks alike: float32 on
+    CPU, float16 on CUDA, float32 under --compat upstream, else what --dtype asks; the priors and
+    their caches follow it."""
+    from lass_cli.jobs import SearchRequest
+    from lass_cli.separate import pick_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_dtype(cpu) == torch.float32 and pick_dtype(cuda) == torch.float16
+    assert pick_dtype(cuda, "bfloat16") == torch.bfloat16 and pick_dtype(cuda, "float16", "upstream") == torch.float32
+    with pytest.raises(ValueError, match="--dtype"):
+        pick_dtype(cpu, "float8")
+    spec = load_registry()["tiny-random"]
+    request = SearchRequest(model="tiny-random", dtype="bfloat16")
+    options = request.search_options(cpu, spec)
+    separator = request.load_separator(spec, cpu, options)
+    assert separator.dtype == torch.bfloat16
+    assert all(p.compute_dtype == torch.bfloat16 and p.new_cache(2, 8).nbytes() > 0 for p in separator.priors)
+    assert next(iter(separator.priors[0].new_cache(2, 8)._stores.values())).dtype == torch.bfloat16
+    stems, _ = separator.separate((0.1 * np.random.default_rng(3).standard_normal((1, 6000))).astype(np.float32),
+                                  22050, options)  # fmt: skip
+    assert all(x.dtype == np.float32 and np.isfinite(x).all() for x in stems.values())
+    upstream = SearchRequest(model="tiny-random", dtype="bfloat16", compat="upstream", sampler="beam")
+    assert upstream.load_separator(spec, cpu, upstream.search_options(cpu, spec)).dtype == torch.float32
