@@ -6,8 +6,11 @@ counts: the time of one incremental step early (t < 128) and late (t > 896) in t
 step's FLOPs (projections, MLPs, attention over what each layer reads, the output projection) and
 the GFLOP/s it achieves; in the same run, the GFLOP/s of a plain matmul of the step's largest
 shape (rows x width by width x K, the output projection) at the same row count; their ratio is
-the efficiency. The late position is reached by filling the cache with random keys and setting
-its position, not by stepping through the window (the step's cost does not depend on the keys).
+the efficiency. "streamed" is the same matmul cycling through as many bytes of distinct weights as
+the prior has, so that, as in a step, the weights come from memory rather than from the cache; on a
+machine with little memory bandwidth per core it is the nearer limit. The late position is reached
+by filling the cache with random keys and setting its position, not by stepping through the window
+(the step's cost does not depend on the keys).
 
 It then derives, from the same FLOP count and a count of the bytes a step moves, an estimate for
 the full-size model at B = 100 (both priors, 1 and 8 windows at once) on one H100 SXM and one RTX
@@ -105,13 +108,18 @@ def time_step(prior: Prior, rows: int, t: int, repeats: int) -> float:
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def matmul_gflops(rows: int, n_in: int, n_out: int, repeats: int) -> float:
-    a, b = torch.randn(rows, n_in), torch.randn(n_in, n_out)
-    torch.mm(a, b)
+def matmul_gflops(rows: int, n_in: int, n_out: int, repeats: int, weight_bytes: int = 0) -> float:
+    """GFLOP/s of (rows x n_in) by (n_in x n_out). With ``weight_bytes``, the product cycles through
+    that many bytes of distinct weight matrices, so each one comes from memory, not from the cache,
+    as in a prior step, which reads every layer's weights once."""
+    count = max(1, weight_bytes // (4 * n_in * n_out))
+    a, weights = torch.randn(rows, n_in), [torch.randn(n_in, n_out) for _ in range(count)]
+    torch.mm(a, weights[0])
+    products = max(repeats, 2 * count)
     start = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    return 2 * rows * n_in * n_out * repeats / (time.perf_counter() - start) / 1e9
+    for i in range(products):
+        torch.mm(a, weights[i % count])
+    return 2 * rows * n_in * n_out * products / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -132,19 +140,26 @@ def main() -> None:
     results = []
     for name, prior in models.items():
         config = prior.config
+        weight_bytes = sum(p.numel() * p.element_size() for p in prior.parameters())
         for rows in [int(r) for r in args.rows.split(",")]:
             limit = matmul_gflops(rows, config.prior_width, config.bins, 20)
+            streamed = matmul_gflops(rows, config.prior_width, config.bins, 20, weight_bytes)
             for where, t in POSITIONS.items():
                 seconds = time_step(prior, rows, t, args.repeats)
                 flops = rows * step_flops(config, t)
                 gflops = flops / seconds / 1e9
                 results.append({"model": name, "rows": rows, "position": where, "t": t, "ms": 1000 * seconds,
                                 "gflop": flops / 1e9, "gflops": gflops, "matmul_gflops": limit,
-                                "efficiency": gflops / limit})  # fmt: skip
-    print(f"{'model':<24} {'rows':>5} {'pos':>6} {'ms/step':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'matmul':>8} {'eff':>6}")
+                                "efficiency": gflops / limit, "matmul_streamed_gflops": streamed,
+                                "efficiency_streamed": gflops / streamed})  # fmt: skip
+    print(
+        f"{'model':<24} {'rows':>5} {'pos':>6} {'ms/step':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'matmul':>8} {'eff':>6} "
+        f"{'streamed':>9} {'eff':>6}"
+    )
     for r in results:
         print(f"{r['model']:<24} {r['rows']:>5} {r['position']:>6} {r['ms']:>9.2f} {r['gflop']:>8.3f} "
-              f"{r['gflops']:>8.1f} {r['matmul_gflops']:>8.1f} {r['efficiency']:>6.0%}")  # fmt: skip
+              f"{r['gflops']:>8.1f} {r['matmul_gflops']:>8.1f} {r['efficiency']:>6.0%} "
+              f"{r['matmul_streamed_gflops']:>9.1f} {r['efficiency_streamed']:>6.0%}")  # fmt: skip
     estimates = gpu_estimates()
     print("\nEstimate (not measured), full-size model, B = 100, both priors, fp16:")
     print(f"{'gpu':<10} {'windows':>7} {'GFLOP':>8} {'GB':>6} {'bound ms':>9} {'+launch ms':>11} {'s/window':>9}")

@@ -9,7 +9,7 @@ For each overlap and stem it prints the mean SDR of straddling and of other fram
 difference, and the run's seconds per second of audio, in one table and one JSON line.
 
 Usage:
-    python benchmarks/seams.py data30 --split test --overlaps 0,0.25 --threads 2
+    python benchmarks/seams.py data30 --split test --overlaps 0,0.25 --threads 2 [--sampler beam --beams 10]
 """
 
 from __future__ import annotations
@@ -48,11 +48,14 @@ def main() -> None:
     parser.add_argument("--registry", action="append", default=[])
     parser.add_argument("--tracks", type=int, default=None, help="at most this many tracks (sorted by name)")
     parser.add_argument("--overlaps", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.25])
+    parser.add_argument("--sampler", choices=["beam", "greedy", "sample"], default=None, help="default: the model's")
+    parser.add_argument("--beams", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    request = SearchRequest(model=args.model, registries=tuple(args.registry), quiet=True)
+    request = SearchRequest(model=args.model, registries=tuple(args.registry), sampler=args.sampler, beams=args.beams,
+                            quiet=True)  # fmt: skip
     spec, _ = choose_model(load_registry(list(request.registries)), request.model)
     device = pick_device(request.device)
     options = request.search_options(device, spec)
@@ -90,9 +93,12 @@ def main() -> None:
     for row in results:
         cells = [f"{row[s][k]:.2f}" for s in stems for k in ("straddling", "other", "difference")]
         lines.append(f"| {row['overlap']:g} | " + " | ".join(cells) + f" | {row['seconds_per_audio_second']:.2f} |")
-    print(f"Mean SDR (dB) of 1 s frames, {len(tracks)} tracks of {args.data} ({args.split}), model {spec.name}")
+    print(f"Mean SDR (dB) of 1 s frames, {len(tracks)} tracks of {args.data} ({args.split}), model {spec.name}, "
+          f"search {options.method} ({'N' if options.method == 'sample' else 'B'} = "
+          f"{options.samples if options.method == 'sample' else options.beams})")  # fmt: skip
     print("\n".join(lines))
-    print(json.dumps({"benchmark": "seams", "model": spec.name, "results": results}))
+    print(json.dumps({"benchmark": "seams", "model": spec.name, "search": options.method, "beams": options.beams,
+                      "results": results}))  # fmt: skip
 
 
 if __name__ == "__main__":

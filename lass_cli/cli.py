@@ -116,7 +116,8 @@ search_options = [
     registry_option,
     click.option("-d", "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True),
     click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
-                 show_default=True, help="Precision of the priors' projections (auto: CUDA float16, CPU float32)."),
+                 show_default=True, help="Precision of the priors' projections (auto: CUDA float16, CPU float32; "
+                      "float32 under --compat upstream)."),
     click.option("--sampler", type=click.Choice(["beam", "greedy", "sample"]), default=None,
                  help="Search method (default: the model's, else beam)."),
     click.option("--beams", type=click.IntRange(min=1), default=None, help="Beam width B (default 100; 10 on CPU)."),
@@ -174,7 +175,7 @@ def with_options(options: list[Callable[..., Any]]) -> Callable[..., Any]:
 )
 @click.option(
     "--overlap", type=click.FloatRange(0, 1, max_open=True), default=None,
-    help="Fraction of a window that neighbouring windows share, cross-faded (default 0: windows side by side).",
+    help="Fraction of a window that neighbouring windows share, cross-faded (default 0.25; 0: side by side).",
 )  # fmt: skip
 @click.option("--residual", is_flag=True, help="Also write other = input - sum of the stems (all add up to the input).")
 @click.option(

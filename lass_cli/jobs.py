@@ -28,9 +28,10 @@ from .separate import Separator, pick_device, pick_dtype
 from .tokens import save_tokens
 
 PAPER_MODEL = "slakh-drums-bass"
-# Window overlap of `lass separate` (cross-faded): none until the seam measurement (issue 12) shows
-# what an overlap is worth against its cost (0.25 adds a sixth to a long file's windows).
-DEFAULT_OVERLAP = 0.0
+# Window overlap of `lass separate` (cross-faded), chosen by benchmarks/seams.py (docs/quality.md):
+# side by side, 1 s frames across a seam lost 1.3 dB of bass SDR against the others; at 0.25 the
+# gap is within 1 dB on both stems, for a third more windows (1.07x the time in that run).
+DEFAULT_OVERLAP = 0.25
 
 
 @dataclass(kw_only=True)

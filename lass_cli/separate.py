@@ -31,10 +31,14 @@ UPSTREAM_FIRST = "bass"  # the original code's source 0
 # windows stay in cache (decoding measured 0.12 s a window at 2 against 0.22 s at 6), a GPU wants
 # more rows.
 _CODER_BATCH = {"cpu": 2, "cuda": 8}
-# Rows (windows x beams) per prior call. On 2 CPU cores a full-size step reaches the matmul's
-# throughput by about 100 rows and the embedded one's cost per row stops falling by 100-200
-# (docs/benchmarks.md); a GPU wants thousands.
+# Rows (windows x beams) per prior call. On 2 CPU cores a step's throughput grows little past about
+# 100 rows (benchmarks/prior_step.py, docs/benchmarks.md); a GPU wants thousands.
 _MAX_ROWS = {"cpu": 256, "cuda": 4096}
+
+
+def _device_kind(device: torch.device) -> str:
+    """The key of the per-device tables above: CUDA, or anything else treated as a CPU."""
+    return "cuda" if device.type == "cuda" else "cpu"
 
 
 def _available_memory() -> int:
@@ -63,7 +67,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def pick_dtype(device: torch.device, name: str = "auto", compat: str = "none") -> torch.dtype:
     """The precision of the priors' projections, decided here only: as asked, else float16 on CUDA
     (Jukebox's sampling precision, half the memory and twice the speed) and float32 on CPU (whose
-    half-precision matmuls are slower); ``--compat upstream`` always float32, as the original runs."""
+    half-precision matmuls are slower); ``--compat upstream`` always float32, as the original runs
+    (the ``--dtype`` help says so)."""
     if compat == "upstream":
         return torch.float32
     if name == "auto":
@@ -204,17 +209,17 @@ class Separator:
 
     def default_batch_windows(self, options: SearchOptions) -> int:
         """How many windows to search at once: the priors' caches for all their rows (windows x
-        beams, or x samples) may take half of the memory available now, and a prior call holds at
-        most ``_MAX_ROWS`` rows (past that a step gains no throughput, and a long file would
-        only hold more memory)."""
+        beams, or x samples, one for greedy) may take half of the memory available now, and a prior
+        call holds about ``_MAX_ROWS`` rows at most (past that a step gains little throughput, and a
+        long file would only hold more memory), one window whatever its rows."""
         if self.device.type == "cuda":
             available = torch.cuda.mem_get_info(self.device)[0]
         else:
             available = _available_memory()
-        rows = options.samples if options.method == "sample" else options.beams
+        rows = {"sample": options.samples, "greedy": 1}.get(options.method, options.beams)
         per_row = sum(PriorCache.bytes_per_row(p.config, self.spec.window_tokens, self.dtype) for p in self.priors)
         by_memory = int(available * 0.5) // (rows * per_row)
-        return max(1, min(by_memory, _MAX_ROWS.get(self.device.type, 256) // rows))
+        return max(1, min(by_memory, _MAX_ROWS[_device_kind(self.device)] // rows))
 
     def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.vqvae.encode(chunk, self.spec.level) for chunk in windows.split(self._coder_batch)])
@@ -238,7 +243,7 @@ class Separator:
 
     @property
     def _coder_batch(self) -> int:
-        return _CODER_BATCH.get(self.device.type, 8)
+        return _CODER_BATCH[_device_kind(self.device)]
 
     def separate(
         self,

@@ -64,12 +64,21 @@ def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_pow
     with torch.no_grad():
         vqvae.bottleneck.level_blocks[1].k.normal_()
     best = torch.randint(0, 16, (2, 1, 300))
-    candidates = best.repeat(1, 4, 1)
+    candidates = best.repeat(1, 5, 1)
     candidates[0, 1, 250:] = 3  # differs late in one window
     candidates[1, 2, 120:] = 5  # earlier in the other
     candidates[:, 3, 0] = 7  # from the first token: decoded whole
-    decode = lambda tokens: vqvae.decode(tokens, level=1)  # noqa: E731
-    length = 300 * vqvae.hop_length(1)
+    # candidate 4 is the best one again: not decoded at all
+    decoded = []
+
+    def decode(tokens):
+        decoded.append(tokens.shape[-1])
+        return vqvae.decode(tokens, level=1)
+
+    length, reach = 300 * vqvae.hop_length(1), vqvae.decoder_reach(1)
     whole = mean_power(decode, candidates, length)
-    tails = mean_power(decode, candidates, length, reach=vqvae.decoder_reach(1))
+    assert decoded == [300] * 5
+    decoded.clear()
+    tails = mean_power(decode, candidates, length, reach=reach)
+    assert decoded == [300, 300 - (250 - 2 * reach), 300 - (120 - 2 * reach), 300]
     torch.testing.assert_close(tails, whole, rtol=1e-4, atol=1e-6)
