@@ -94,10 +94,10 @@ def main() -> None:
         cells = [f"{row[s][k]:.2f}" for s in stems for k in ("straddling", "other", "difference")]
         lines.append(f"| {row['overlap']:g} | " + " | ".join(cells) + f" | {row['seconds_per_audio_second']:.2f} |")
     print(f"Mean SDR (dB) of 1 s frames, {len(tracks)} tracks of {args.data} ({args.split}), model {spec.name}, "
-          f"search {options.method} ({'N' if options.method == 'sample' else 'B'} = "
-          f"{options.samples if options.method == 'sample' else options.beams})")  # fmt: skip
+          f"search {options.method}, {options.rows_per_window} sequences per window")  # fmt: skip
     print("\n".join(lines))
-    print(json.dumps({"benchmark": "seams", "model": spec.name, "search": options.method, "beams": options.beams,
+    print(json.dumps({"benchmark": "seams", "model": spec.name, "search": options.method,
+                      "rows_per_window": options.rows_per_window,
                       "results": results}))  # fmt: skip
 
 

@@ -93,6 +93,11 @@ class SearchOptions:
         if not self.temperature > 0:
             raise ValueError("temperature must be positive")
 
+    @property
+    def rows_per_window(self) -> int:
+        """Sequences the priors carry per window: the samples, one for greedy, else the beams."""
+        return {"sample": self.samples, "greedy": 1}.get(self.method, self.beams)
+
 
 @dataclass
 class SearchResult:
@@ -373,9 +378,8 @@ def search(
     with torch.inference_mode():
         if options.method == "sample":
             return sample_search(priors, likelihood, mixture, options, decode, mixture_audio, on_step)
-        beams = 1 if options.method == "greedy" else options.beams
         run = upstream_beam_search if options.compat == "upstream" else beam_search
-        return run(priors, likelihood, mixture, beams, options.temperature, on_step)
+        return run(priors, likelihood, mixture, options.rows_per_window, options.temperature, on_step)
 
 
 __all__ = ["COMPATS", "SearchOptions", "SearchResult", "beam_search", "sample_search", "search", "upstream_beam_search"]

@@ -216,7 +216,7 @@ class Separator:
             available = torch.cuda.mem_get_info(self.device)[0]
         else:
             available = _available_memory()
-        rows = {"sample": options.samples, "greedy": 1}.get(options.method, options.beams)
+        rows = options.rows_per_window
         per_row = sum(PriorCache.bytes_per_row(p.config, self.spec.window_tokens, self.dtype) for p in self.priors)
         by_memory = int(available * 0.5) // (rows * per_row)
         return max(1, min(by_memory, _MAX_ROWS[_device_kind(self.device)] // rows))
