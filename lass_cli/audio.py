@@ -8,6 +8,7 @@ two rates (44100 / 22050 = 2 / 1, 48000 -> 44100 = 147 / 160).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -100,35 +101,107 @@ def window_count(length: int, size: int, step: int) -> int:
     return 1 if length <= size else 1 + -(-(length - size) // step)
 
 
-def cut_windows(audio: np.ndarray, size: int, step: int) -> np.ndarray:
+def cut_windows(audio: np.ndarray, size: int, step: int, start: int = 0, stop: int | None = None) -> np.ndarray:
     """(samples,) -> (W, size) windows starting every ``step`` samples, the last zero-padded;
-    ``step == size`` is :func:`to_windows`."""
-    count = window_count(len(audio), size, step)
-    windows = np.zeros((count, size), audio.dtype)
-    for i in range(count):
+    ``step == size`` is :func:`to_windows`. ``start`` / ``stop``: only those windows (a batch of a
+    long file, cut when it is needed)."""
+    stop = window_count(len(audio), size, step) if stop is None else stop
+    windows = np.zeros((stop - start, size), audio.dtype)
+    for row, i in enumerate(range(start, stop)):
         piece = audio[i * step : i * step + size]
-        windows[i, : len(piece)] = piece
+        windows[row, : len(piece)] = piece
     return windows
+
+
+class CrossFader:
+    """:func:`crossfade` in pieces: windows pushed in order, each push giving back the samples no
+    later window touches, so a long file is stitched one batch at a time. The same additions in
+    the same order as the whole-file overlap-add, so the result is the same to the bit."""
+
+    def __init__(self, size: int, step: int, count: int, length: int) -> None:
+        self.size, self.step, self.count, self.length = size, step, count, length
+        self.overlap = max(size - step, 0)
+        ramp = (np.arange(self.overlap) + 0.5) / max(self.overlap, 1)
+        self.fade_in = (np.sin(0.5 * np.pi * ramp) ** 2).astype(np.float32)
+        self.pending = np.zeros(0, np.float32)  # what the last window left for the next one's fade
+        self.pushed = self.emitted = 0
+
+    def push(self, windows: np.ndarray) -> np.ndarray:
+        pieces = []
+        for window in windows:
+            out = np.zeros(self.size, np.float32)
+            out[: len(self.pending)] = self.pending
+            last = self.pushed == self.count - 1
+            if self.overlap:
+                weight = np.ones(self.size, np.float32)
+                if self.pushed > 0:
+                    weight[: self.overlap] = self.fade_in
+                if not last:
+                    weight[self.size - self.overlap :] = 1 - self.fade_in
+                out += window * weight
+            else:
+                out += window
+            done = self.size if last else self.step
+            pieces.append(out[:done])
+            self.pending = out[done:]
+            self.pushed += 1
+        return self._emit(np.concatenate(pieces) if pieces else np.zeros(0, np.float32))
+
+    def finish(self) -> np.ndarray:
+        """The zeros that pad the output to ``length`` where the windows fell short."""
+        return np.zeros(max(0, self.length - self.emitted), np.float32)
+
+    def _emit(self, samples: np.ndarray) -> np.ndarray:
+        samples = samples[: max(0, self.length - self.emitted)]
+        self.emitted += len(samples)
+        return samples
 
 
 def crossfade(windows: np.ndarray, step: int, length: int) -> np.ndarray:
     """Inverse of :func:`cut_windows`: overlap-add with complementary fades (sin^2 in, 1 - sin^2 out,
     summing to exactly 1 at every sample) over each overlap of ``size - step`` samples, trimmed to
     ``length``. Windows that add up to the mixture still do after the fade."""
-    count, size = windows.shape
-    overlap = size - step
-    if overlap <= 0:
-        return from_windows(windows, length)
-    fade_in = (np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2).astype(np.float32)
-    out = np.zeros((count - 1) * step + size, np.float32)
-    for i, window in enumerate(windows):
-        weight = np.ones(size, np.float32)
-        if i > 0:
-            weight[:overlap] = fade_in
-        if i < count - 1:
-            weight[size - overlap :] = 1 - fade_in
-        out[i * step : i * step + size] += window * weight
-    return fit_length(out, length)
+    fader = CrossFader(windows.shape[1], step, len(windows), length)
+    return np.concatenate((fader.push(windows), fader.finish()))
+
+
+class Resampler:
+    """:func:`resample` of a signal that arrives in pieces, the same to the bit as resampling the
+    whole. Each output sample of the polyphase filter reads a fixed span of input samples, so the
+    filter is run over what has arrived (cut where the output phase starts again, a multiple of
+    ``down`` input samples) and only the outputs whose span lies within it are given out; what
+    later outputs still read is kept."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        ratio = Fraction(to_rate, from_rate)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        # Input samples either side an output reads: the filter's half length (10 x the larger
+        # factor, in upsampled samples) and its padding, with room to spare.
+        self.context = (10 * max(self.up, self.down) + 2 * self.down) // self.up + 2
+        self.kept = np.zeros(0, np.float32)
+        self.start = 0  # input index of kept[0], a multiple of down
+        self.received = self.emitted = 0
+
+    def push(self, samples: np.ndarray, final: bool = False) -> np.ndarray:
+        self.kept = np.concatenate((self.kept, samples.astype(np.float32, copy=False)))
+        self.received += len(samples)
+        if self.up == self.down:
+            out, self.kept = self.kept, self.kept[:0]
+            return out
+        total = -(-self.received * self.up // self.down)
+        ready = total if final else max(self.emitted, (self.received - self.context) * self.up // self.down)
+        if ready <= self.emitted or not len(self.kept):
+            return np.zeros(0, np.float32)
+        out = resample_poly(self.kept, self.up, self.down).astype(np.float32, copy=False)
+        first = self.start * self.up // self.down  # the output index of out[0]
+        out = out[self.emitted - first : ready - first]
+        self.emitted = ready
+        keep_from = max(self.start, (self.emitted * self.down // self.up - self.context) // self.down * self.down)
+        self.kept, self.start = self.kept[keep_from - self.start :], keep_from
+        return out
+
+    def finish(self) -> np.ndarray:
+        return self.push(np.zeros(0, np.float32), final=True)
 
 
 def rms(x: np.ndarray) -> float:
@@ -142,34 +215,44 @@ def gain_to(x: np.ndarray, target: float | None) -> float:
     return target / level if target and level > 1e-6 else 1.0
 
 
-def limit_peaks(stems: dict[str, np.ndarray], mode: str) -> dict[str, np.ndarray]:
-    """Keep samples within [-1, 1] for integer formats: ``rescale`` scales every stem of a file
-    by one common factor when any peak exceeds 1, ``clamp`` clips, ``none`` leaves them."""
-    if mode == "none":
-        return stems
-    if mode == "clamp":
-        return {name: np.clip(x, -1.0, 1.0) for name, x in stems.items()}
-    if mode != "rescale":
+def peak_limiter(peaks: dict[str, float], mode: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What keeps samples within [-1, 1] for integer formats, from the stems' peaks: ``rescale``
+    divides every stem of a file by one common factor when any peak exceeds 1, ``clamp`` clips,
+    ``none`` leaves them; None where nothing is to be done."""
+    if mode not in ("rescale", "clamp", "none"):
         raise ValueError(f"clip mode must be rescale, clamp or none, got {mode!r}")
-    peak = max((float(np.abs(x).max()) for x in stems.values() if x.size), default=0.0)
-    return {name: x / peak for name, x in stems.items()} if peak > 1.0 else stems
+    if mode == "clamp":
+        return lambda x: np.clip(x, -1.0, 1.0)
+    peak = max(peaks.values(), default=0.0)
+    if mode == "none" or peak <= 1.0:
+        return None
+    return lambda x: x / peak
 
 
-def _save_mp3(partial: Path, audio: np.ndarray, rate: int, bitrate: str) -> None:
-    """Encode with ffmpeg's LAME (its header records the encoder delay, so decoders give back the
-    exact length)."""
+def limit_peaks(stems: dict[str, np.ndarray], mode: str) -> dict[str, np.ndarray]:
+    """:func:`peak_limiter` applied to whole stems."""
+    limit = peak_limiter({name: float(np.abs(x).max()) if x.size else 0.0 for name, x in stems.items()}, mode)
+    return stems if limit is None else {name: limit(x) for name, x in stems.items()}
+
+
+def subtype(fmt: str, bits: str) -> str:
+    """The libsndfile sample format of ``bits``-bit ``fmt`` (WAV 16/24/32f, FLAC 16/24)."""
+    if (fmt, bits) not in _SUBTYPES:
+        raise ValueError(f"cannot write {bits}-bit {fmt} (choose wav 16/24/32f or flac 16/24)")
+    return _SUBTYPES[fmt, bits]
+
+
+def encode_mp3(source: Path, target: Path, bitrate: str) -> None:
+    """Encode a WAV file with ffmpeg's LAME (its header records the encoder delay, so decoders give
+    back the exact length)."""
     import shutil
     import subprocess
-    import tempfile
 
     if shutil.which("ffmpeg") is None:
         raise AudioError("--format mp3 needs ffmpeg, which is not installed")
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "in.wav"
-        sf.write(source, audio, rate, subtype="FLOAT")
-        command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-codec:a", "libmp3lame",
-                   "-b:a", bitrate, "-f", "mp3", str(partial)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
+    command = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source), "-codec:a", "libmp3lame",
+               "-b:a", bitrate, "-f", "mp3", str(target)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise AudioError(f"ffmpeg could not write MP3: {(done.stderr or '').strip()[:200]}")
 
@@ -182,22 +265,27 @@ def save(
     An existing file at ``path`` is replaced only once the new one is complete. MP3 (``bitrate``,
     e.g. 320k) goes through ffmpeg; ``bits`` applies to WAV and FLAC.
     """
-    if fmt != "mp3" and (fmt, bits) not in _SUBTYPES:
-        raise ValueError(f"cannot write {bits}-bit {fmt} (choose wav 16/24/32f or flac 16/24)")
+    kind = None if fmt == "mp3" else subtype(fmt, bits)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        if fmt == "mp3":
-            _save_mp3(partial, audio, rate, bitrate)
+        if kind is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                source = Path(tmp) / "in.wav"
+                sf.write(source, audio, rate, subtype="FLOAT")
+                encode_mp3(source, partial, bitrate)
         else:
-            sf.write(partial, audio, rate, subtype=_SUBTYPES[fmt, bits], format=fmt.upper())
+            sf.write(partial, audio, rate, subtype=kind, format=fmt.upper())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
 
 __all__ = [
-    "AUDIO_SUFFIXES", "AudioError", "BITS", "FORMATS", "crossfade", "cut_windows", "fit_length", "from_windows",
-    "gain_to", "limit_peaks", "load", "resample", "rms", "save", "to_mono", "to_windows", "window_count",
+    "AUDIO_SUFFIXES", "AudioError", "BITS", "CrossFader", "FORMATS", "Resampler", "crossfade", "cut_windows",
+    "encode_mp3", "fit_length", "from_windows", "gain_to", "limit_peaks", "load", "peak_limiter", "resample", "rms",
+    "save", "subtype", "to_mono", "to_windows", "window_count",
 ]  # fmt: skip

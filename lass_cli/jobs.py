@@ -1,8 +1,9 @@
 """``lass separate`` over many inputs: output paths, resume, atomic writes, reports, progress.
 
-Per input, every stem is first written into a staging folder under ``--out`` and renamed into place
-only when all are complete; the report is written last and marks the input as done, so a rerun skips
-it (resume) and a killed run leaves no half-written stem.
+Per input, every stem is written into a staging folder under ``--out`` as the windows are separated
+(:mod:`lass_cli.outputs`) and renamed into place only when all are complete; the report is written
+last and marks the input as done, so a rerun skips it (resume) and a killed run leaves no
+half-written stem.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from . import audio
 from .metrics import sdr, si_sdr
+from .outputs import StemFiles
 from .registry import ModelSpec, get_model, is_present, load_registry
 from .report import build_report, write_json
 from .search import SearchOptions
@@ -256,32 +258,45 @@ def _separate_one(
     references: dict[str, Path], progress: Progress, tokens_path: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
     mix, rate = audio.load(source)
-    stems, details = separator.separate(
-        mix, rate, options, progress.step, request.batch_windows, request.normalize, request.wiener,
-        keep_tokens=tokens_path is not None, overlap=request.window_overlap(options),
-    )  # fmt: skip
-    chosen_tokens = details.pop("tokens", None)
-    separated = dict(stems)
-    if request.residual:  # what the stems leave of the input, so that all of them add up to it
-        separated[RESIDUAL] = audio.to_mono(mix) - sum(stems.values())
-    kept = {stem: separated[stem] for stem in plan if stem != "report"}
-    peaks = {stem: float(np.abs(x).max()) for stem, x in kept.items()}
-    written = audio.limit_peaks(kept, request.clip_mode)
-    metrics = {}
-    for stem, path in references.items():
-        reference, reference_rate = audio.load(path)
-        truth = audio.fit_length(audio.resample(audio.to_mono(reference), reference_rate, rate), len(stems[stem]))
-        metrics[stem] = {"sdr": round(sdr(truth, stems[stem]), 3), "si_sdr": round(si_sdr(truth, stems[stem]), 3)}
+    channels, samples = mix.shape
+    mono = audio.to_mono(mix)
+    del mix  # only the mono is kept (a view of a one-channel input): a long stereo input goes now
+    written = [stem for stem in plan if stem != "report"]
     out_root = Path(request.out_dir)
     out_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".lass-partial-", dir=out_root))
     placed: list[Path] = []
     try:
-        for stem, x in written.items():
-            audio.save(staging / f"{stem}.{request.fmt}", x, rate, request.fmt, request.bits, request.mp3_bitrate)
+        files = StemFiles(staging, list(dict.fromkeys([*written, *references])), rate)
+        done = 0
+
+        def sink(blocks: dict[str, np.ndarray]) -> None:
+            nonlocal done
+            count = len(next(iter(blocks.values())))
+            if request.residual:  # what the stems leave of the input, so that all of them add up to it
+                blocks = {**blocks, RESIDUAL: mono[done : done + count] - sum(blocks.values())}
+            done += count
+            files.write(blocks)
+
+        try:
+            _, details = separator.separate(
+                mono[None], rate, options, progress.step, request.batch_windows, request.normalize, request.wiener,
+                keep_tokens=tokens_path is not None, overlap=request.window_overlap(options), sink=sink,
+            )  # fmt: skip
+        finally:
+            files.close()
+        chosen_tokens = details.pop("tokens", None)
+        metrics = {}
+        for stem, path in references.items():
+            reference, reference_rate = audio.load(path)
+            estimate = files.read(stem)
+            truth = audio.fit_length(audio.resample(audio.to_mono(reference), reference_rate, rate), len(estimate))
+            metrics[stem] = {"sdr": round(sdr(truth, estimate), 3), "si_sdr": round(si_sdr(truth, estimate), 3)}
+        peaks = {stem: files.peaks[stem] for stem in written}
+        finished = files.finish(written, request.fmt, request.bits, request.mp3_bitrate, request.clip_mode)
         for stem in written:
             plan[stem].parent.mkdir(parents=True, exist_ok=True)
-            (staging / f"{stem}.{request.fmt}").replace(plan[stem])
+            finished[stem].replace(plan[stem])
             placed.append(plan[stem])
     except BaseException:
         for path in placed:  # all stems of an input or none
@@ -291,10 +306,10 @@ def _separate_one(
         shutil.rmtree(staging, ignore_errors=True)
     if tokens_path is not None:
         step = details["windows"]["step_samples"]
-        save_tokens(tokens_path, chosen_tokens, separator, options, rate, mix.shape[1], details["level"], step)
+        save_tokens(tokens_path, chosen_tokens, separator, options, rate, samples, details["level"], step)
     report = build_report(
-        input={"path": str(source), "sample_rate": rate, "channels": int(mix.shape[0]), "samples": int(mix.shape[1]),
-               "duration_s": round(mix.shape[1] / rate, 4)},
+        input={"path": str(source), "sample_rate": rate, "channels": channels, "samples": samples,
+               "duration_s": round(samples / rate, 4)},
         model=separator.describe(),
         settings={**asdict(options), "lambda": separator.likelihood.weight, "format": request.fmt,
                   "bits": request.bits, "clip_mode": request.clip_mode, "stems": list(written),

@@ -45,10 +45,13 @@ def sum_table(codebook: torch.Tensor) -> torch.Tensor:
 @dataclass
 class LatentPlan:
     """The mixture's latents (W, S, D) and, per (window, step), whether the priors alone decided
-    (never, for this likelihood: kept so that both likelihoods report alike)."""
+    (never, for this likelihood: kept so that both likelihoods report alike). ``grid`` is the
+    (W, K^2) scratch of the likelihood-best pairs, made once per search: a fresh one every step
+    is several MB that the allocator hands back to the system and faults in again."""
 
     latents: torch.Tensor
     fallback: torch.Tensor
+    grid: torch.Tensor | None = None
 
 
 AVERAGES = ("quantized", "continuous")
@@ -120,14 +123,18 @@ class LatentLikelihood:
             distance = norm - dots.gather(1, z1) - dots.gather(1, z2) + self.table[z1, z2]
         return distance.clamp_(min=0) * self.scale
 
-    def _best_pairs(self, terms) -> tuple[torch.Tensor, torch.Tensor]:
+    def _best_pairs(self, plan: LatentPlan, terms) -> tuple[torch.Tensor, torch.Tensor]:
         """The window's ``top_pairs`` best pairs under the likelihood alone: z1, z2 (W, P)."""
         norm, dots = terms
+        windows, bins = dots.shape
+        if plan.grid is None:
+            plan.grid = dots.new_empty(windows, bins * bins)
+        grid = plan.grid
         if self.average == "quantized":
             code_distance = norm - 2 * dots + self.codebook.pow(2).sum(1)[None]
-            grid = -code_distance[:, self.table.view(-1)]
+            torch.index_select(code_distance, 1, self.table.view(-1), out=grid).neg_()
         else:
-            grid = (dots[:, :, None] + dots[:, None, :] - self.table[None]).flatten(1)
+            torch.add(dots[:, :, None], dots[:, None, :], out=grid.view(windows, bins, bins)).sub_(self.table)
         index = grid.topk(min(self.top_pairs, grid.shape[1]), dim=1).indices
         return index // self.bins, index % self.bins
 
@@ -148,7 +155,7 @@ class LatentLikelihood:
         z1, z2 = z1.view(windows, rows, k * k), z2.view(windows, rows, k * k)
         if not self.top_pairs:
             return z1, z2, post
-        b1, b2 = self._best_pairs(terms)
+        b1, b2 = self._best_pairs(plan, terms)
         shape = (windows, rows, b1.shape[1])
         b1, b2 = b1[:, None].expand(shape), b2[:, None].expand(shape)
         p1, p2 = lp1.gather(2, b1), lp2.gather(2, b2)

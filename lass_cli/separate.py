@@ -1,9 +1,9 @@
-"""File -> stems: the pipeline behind ``lass separate`` (and, later, ``lass evaluate``).
+"""File -> stems: the pipeline behind ``lass separate`` and ``lass evaluate``.
 
-read -> mono -> model rate -> y = mix / 2 -> windows -> encode (all windows in one batch) -> search
--> decode each stem -> stitch -> input rate -> input length. The encoder sees half the mixture, as the
-likelihood was counted on ``y = (x1 + x2) / 2``; the decoded sources come back at the stems' own
-level, so the written stems add up to about the input.
+read -> mono -> model rate -> y = mix / 2 -> per batch of windows: cut -> encode -> search -> decode
+each stem -> stitch -> input rate -> input length -> to a sink (the stem files) or joined. The
+encoder sees half the mixture, as the likelihood was counted on ``y = (x1 + x2) / 2``; the decoded
+sources come back at the stems' own level, so the written stems add up to about the input.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ UPSTREAM_FIRST = "bass"  # the original code's source 0
 # windows stay in cache (decoding measured 0.12 s a window at 2 against 0.22 s at 6), a GPU wants
 # more rows.
 _CODER_BATCH = {"cpu": 2, "cuda": 8}
-# Rows (windows x beams) per prior call. On 2 CPU cores a step's throughput grows little past about
-# 100 rows (benchmarks/prior_step.py, docs/benchmarks.md); a GPU wants thousands.
-_MAX_ROWS = {"cpu": 256, "cuda": 4096}
+# Rows (windows x beams) per prior call, which bound a batch's memory (the caches). On 2 CPU cores a
+# step's throughput grows little past about 100 rows: 1.2x at most from 128 to 256 rows for twice
+# the caches (benchmarks/prior_step.py, docs/benchmarks.md); a GPU wants thousands.
+_MAX_ROWS = {"cpu": 128, "cuda": 4096}
 
 
 def _device_kind(device: torch.device) -> str:
@@ -174,6 +175,34 @@ def load_parts(spec: ModelSpec) -> ModelParts:
     return ModelParts(vqvae, (priors[0], priors[1]), counts, files)
 
 
+class _StemStream:
+    """Decoded windows -> stems at the input's rate and length, a batch at a time: cross-faded,
+    resampled, the normalisation undone, cut to the input's length, each step the same to the bit
+    as on the whole file (:class:`audio.CrossFader`, :class:`audio.Resampler`)."""
+
+    def __init__(self, stems, size, step, count, model_length, model_rate, rate, gain, length) -> None:
+        self.stems, self.gain, self.length, self.emitted = stems, np.float32(gain), length, 0
+        self.faders = [audio.CrossFader(size, step, count, model_length) for _ in stems]
+        self.resamplers = [audio.Resampler(model_rate, rate) for _ in stems]
+
+    def push(self, decoded: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """``decoded``: per stem (windows, size) at the model's rate, the next windows in order."""
+        pieces = [r.push(f.push(d)) for f, r, d in zip(self.faders, self.resamplers, decoded)]
+        return self._cut(pieces)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        pieces = [r.push(f.finish(), final=True) for f, r in zip(self.faders, self.resamplers)]
+        out = self._cut(pieces)
+        missing = self.length - self.emitted  # the resampled stems may fall a sample short
+        return {s: np.concatenate((x, np.zeros(missing, np.float32))) for s, x in out.items()}
+
+    def _cut(self, pieces: list[np.ndarray]) -> dict[str, np.ndarray]:
+        room = max(0, self.length - self.emitted)
+        out = {s: (x / self.gain).astype(np.float32, copy=False)[:room] for s, x in zip(self.stems, pieces)}
+        self.emitted += len(out[self.stems[0]])
+        return out
+
+
 @dataclass
 class Separator:
     """A model loaded and ready on its device: VQ-VAE, one prior per stem, the likelihood view."""
@@ -256,11 +285,14 @@ class Separator:
         wiener: bool | None = None,
         keep_tokens: bool = False,
         overlap: float = 0.0,
+        sink: Callable[[dict[str, np.ndarray]], None] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Separate one mixture, (channels, samples) at ``rate``, into mono stems at ``rate`` of the
         input's length. Windows are searched ``batch_windows`` at a time (default: as many as fit
-        in memory), so memory depends on that batch, not on the file's length. Returns the stems
-        and the report's ``windows`` and ``timings`` parts.
+        in memory), and with a ``sink`` each batch's stems go to it as soon as they are stitched
+        (consecutive pieces, the same samples as the whole), so memory depends on that batch, not
+        on the file's length; without one the pieces are joined and returned. Returns the stems
+        (empty with a sink) and the report's ``windows``, ``level`` and ``timings`` parts.
 
         When the model names the level it was trained at (``input_rms``, the RMS of ``y``) and
         ``normalize`` is on, ``y`` is scaled to it before encoding and the stems scaled back after
@@ -268,7 +300,7 @@ class Separator:
         the decoded stems become soft masks on each window of the mixture (:mod:`lass_cli.masks`).
         With ``overlap`` (a fraction of the window, below 1) windows start every
         ``window x (1 - overlap)`` samples (a whole number of VQ-VAE hops) and are cross-faded
-        (:func:`audio.crossfade`), so stems do not jump where two windows meet.
+        (:class:`audio.CrossFader`), so stems do not jump where two windows meet.
         With ``keep_tokens`` the details carry ``tokens``: per window the mixture's tokens and each
         stem's chosen tokens (for ``--save-tokens``)."""
         wiener = self.spec.wiener if wiener is None else wiener
@@ -280,29 +312,39 @@ class Separator:
         step = self.window_step(overlap)
         if step < self.window_samples and options.compat == "upstream":
             raise ValueError("--compat upstream cuts windows without overlap: use --overlap 0")
-        windows = audio.cut_windows(y, self.window_samples, step)
+        size = self.window_samples
+        count = audio.window_count(len(y), size, step)
         group = batch_windows or self.default_batch_windows(options)
-        batches = [windows[start : start + group] for start in range(0, len(windows), group)]
-        tail = len(y) - (len(windows) - 1) * self.window_samples
-        if options.compat == "upstream" and tail < self.window_samples:
-            # The original encodes a short last window as it is: floor(samples / hop) tokens.
-            last = batches[-1]
-            batches[-1:] = [b for b in (last[:-1], y[len(y) - tail :][None]) if len(b)]
+        batches = [(start, min(start + group, count)) for start in range(0, count, group)]
+        tail = len(y) - (count - 1) * size
+        upstream_tail = options.compat == "upstream" and tail < size
+        if upstream_tail:  # the original encodes a short last window as it is: floor(samples / hop) tokens
+            first, _ = batches.pop()
+            batches += [(first, count - 1)] * (first < count - 1) + [(count - 1, count)]
         order = self.search_order(options)
         priors = (self.priors[order[0]], self.priors[order[1]])
-        steps = sum(self._tokens_in(b.shape[1]) for b in batches)
-        decoded = {stem: np.zeros((len(windows), self.window_samples), np.float32) for stem in self.spec.stems}
-        row = 0
+        # Progress counts steps: the windows of a batch advance together.
+        steps = sum(self._tokens_in(tail if upstream_tail and b == count else size) for _, b in batches)
+        output = _StemStream(self.spec.stems, size, step, count, len(y), self.spec.sample_rate, rate, gain, len(mono))
+        collected: dict[str, list[np.ndarray]] = {stem: [] for stem in self.spec.stems}
+
+        def collect(blocks: dict[str, np.ndarray]) -> None:
+            for stem, samples in blocks.items():
+                collected[stem].append(samples)
+
+        sink = sink or collect
         tokens: list[dict[str, np.ndarray]] = []
         scores, free_steps, seconds = [], [], {"encode_s": 0.0, "search_s": 0.0, "decode_s": 0.0}
         offset = 0
-        for windows_in_batch in batches:
+        for a, b in batches:
             clock = time.perf_counter()
-            batch = torch.from_numpy(np.ascontiguousarray(windows_in_batch)).to(self.device)
+            short = upstream_tail and b == count
+            windows = y[len(y) - tail :][None] if short else audio.cut_windows(y, size, step, a, b)
+            batch = torch.from_numpy(windows).to(self.device)
             width = self._tokens_in(batch.shape[1])
             if width == 0:  # shorter than one token: nothing to search, the stems stay silent
-                row += len(batch)
                 scores, free_steps = scores + [None] * len(batch), free_steps + [0] * len(batch)
+                sink(output.push([np.zeros((len(batch), size), np.float32)] * len(self.spec.stems)))
                 continue
             observed = self.observe(batch)
             seconds["encode_s"] += time.perf_counter() - clock
@@ -327,9 +369,8 @@ class Separator:
                 parts = masks.wiener(2 * batch, powers)
             else:
                 parts = [self.decode_tokens(t) for t in chosen]
-            for stem, part in zip(self.spec.stems, parts):
-                decoded[stem][row : row + len(batch), : part.shape[1]] = part.float().cpu().numpy()
-            row += len(batch)
+            decoded = [audio.fit_length(part.float().cpu().numpy(), size) for part in parts]
+            sink(output.push(decoded))
             seconds["decode_s"] += time.perf_counter() - clock
             mixture_tokens = observed if observed.dim() == 2 or not keep_tokens else self.tokens_of(observed)
             for w in range(len(batch) if keep_tokens else 0):
@@ -337,22 +378,19 @@ class Separator:
                                **{stem: t[w].cpu().numpy() for stem, t in zip(self.spec.stems, chosen)}})  # fmt: skip
             scores += [round(float(s), 4) for s in result.scores.cpu()]
             free_steps += [int(n) for n in result.fallback_steps.cpu()]
-        stems = {}
-        for stem in self.spec.stems:
-            at_model_rate = audio.crossfade(decoded.pop(stem), step, len(y))
-            back = audio.resample(at_model_rate, self.spec.sample_rate, rate) / np.float32(gain)
-            stems[stem] = audio.fit_length(back.astype(np.float32, copy=False), len(mono))
+        sink(output.finish())
+        stems = {stem: np.concatenate(pieces) for stem, pieces in collected.items() if pieces}
         total = sum(seconds.values())
         duration = len(mono) / rate
         details = {
             "level": {"input_rms": round(level, 6), "gain_in": round(gain, 6), "gain_out": round(1 / gain, 6)},
             "wiener": wiener,
             "windows": {
-                "count": len(windows),
+                "count": count,
                 "tokens_per_window": self.spec.window_tokens,
-                "samples_per_window": self.window_samples,
+                "samples_per_window": size,
                 "step_samples": step,
-                "overlap": round(1 - step / self.window_samples, 6),
+                "overlap": round(1 - step / size, 6),
                 "batch_windows": group,
                 "scores": scores,
                 "likelihood_free_steps": free_steps,

@@ -149,3 +149,24 @@ def test_overlapping_windows_cross_fade_back_exactly_and_without_steps():
         own = gains.max() * np.abs(np.diff(sine)).max()  # the largest step of the best-fitting window
         steps = np.abs(np.diff(audio.crossfade(pieces * gains[:, None], step, len(sine))))
         assert (steps.max() > 2 * own) if step == size else (steps.max() <= own)
+
+
+@pytest.mark.parametrize("rates", [(22050, 44100), (44100, 22050), (22050, 48000), (96000, 22050), (22050, 22050)])
+def test_stitching_and_resampling_in_pieces_equal_the_whole_file_to_the_bit(rates):
+    rng = np.random.default_rng(1)
+    for length in (1, 299, 5000, 30001):
+        x = rng.standard_normal(length).astype(np.float32)
+        resampler, pieces, start = audio.Resampler(*rates), [], 0
+        while start < length:
+            size = int(rng.integers(1, 4000))
+            pieces.append(resampler.push(x[start : start + size]))
+            start += size
+        pieces.append(resampler.finish())
+        np.testing.assert_array_equal(np.concatenate(pieces), audio.resample(x, *rates))
+        for size, step in ((300, 200), (300, 300), (64, 48)):
+            windows = audio.cut_windows(x, size, step)
+            cut = [audio.cut_windows(x, size, step, a, min(a + 2, len(windows))) for a in range(0, len(windows), 2)]
+            np.testing.assert_array_equal(np.concatenate(cut), windows)
+            fader = audio.CrossFader(size, step, len(windows), length)
+            stitched = np.concatenate([*(fader.push(c) for c in cut), fader.finish()])
+            np.testing.assert_array_equal(stitched, audio.crossfade(windows, step, length))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from lass_cli import audio
@@ -30,6 +31,35 @@ def test_residual_makes_the_written_stems_add_up_to_the_input(tmp_path):
         "bass",
         "other",
     ]
+
+
+def test_stems_streamed_to_their_files_equal_the_whole_file_separation(tmp_path):
+    """Written two windows at a time (--batch-windows 2: the VQ-VAE's own batch on a CPU, so that
+    both runs make the same coder calls), cross-faded, resampled back to 44.1 kHz and limited, the
+    files hold to the bit what separating the whole file in one batch gives."""
+    from lass_cli.registry import load_registry
+    from lass_cli.search import SearchOptions
+    from lass_cli.separate import Separator, pick_device
+
+    rate = 44100
+    song = (3 * mix(rate, 2.5, 2)).astype(np.float32)  # loud: rescaling below 1 is part of the check
+    sf.write(tmp_path / "song.wav", song.T, rate, subtype="FLOAT")
+    args = ["--beams", "2", "--residual", "--bits", "32f", "--overlap", "0.25", "--model", "tiny-random"]
+    done = lass("separate", "song.wav", "--out", "out", "--batch-windows", "2", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    separator = Separator.load(load_registry()["tiny-random"], pick_device("cpu"))
+    stems, details = separator.separate(song, rate, SearchOptions(beams=2), overlap=0.25)
+    assert details["windows"]["count"] > 6 and details["windows"]["batch_windows"] >= details["windows"]["count"]
+    stems["other"] = audio.to_mono(song) - sum(stems.values())
+    expected = audio.limit_peaks(stems, "rescale")
+    assert max(float(np.abs(x).max()) for x in stems.values()) > 1  # so the files were rescaled
+    for stem, samples in expected.items():
+        written = sf.read(tmp_path / "out" / "song" / f"{stem}.wav", dtype="float32")[0]
+        np.testing.assert_array_equal(written, samples)
+    report = json.loads((tmp_path / "out" / "song" / "report.json").read_text())
+    assert report["peaks"] == pytest.approx({s: float(np.abs(x).max()) for s, x in stems.items()})
+    assert report["windows"]["batch_windows"] == 2
+    assert not list((tmp_path / "out").glob(".lass-partial-*"))
 
 
 @needs_ffmpeg

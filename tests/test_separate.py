@@ -29,11 +29,11 @@ def test_stems_keep_rate_and_length_and_do_not_depend_on_window_batching():
     total = -(-windows // 2) * separator.spec.window_tokens  # steps of each batch of windows
     assert steps[-1] == (total, total) and len(steps) == total
     assert separator.default_batch_windows(options) >= 1
-    # By default a prior call holds at most 256 rows on CPU: a long file is searched in batches.
-    assert 1 <= separator.default_batch_windows(SearchOptions(beams=10)) <= 25
+    # By default a prior call holds at most 128 rows on CPU: a long file is searched in batches.
+    assert 1 <= separator.default_batch_windows(SearchOptions(beams=10)) <= 12
     # Greedy search holds one row per window, whatever --beams says.
     greedy = separator.default_batch_windows(SearchOptions(method="greedy", beams=10))
-    assert greedy == separator.default_batch_windows(SearchOptions(beams=1)) > 25
+    assert greedy == separator.default_batch_windows(SearchOptions(beams=1)) > 12
 
 
 def test_input_level_normalisation_round_trips(tmp_path):
