@@ -270,6 +270,18 @@ class Separator:
         tokens = tokens.to(self.device)
         return torch.cat([self.vqvae.decode(chunk, self.spec.level) for chunk in tokens.split(self._coder_batch)])
 
+    def _masked(self, mixture: torch.Tensor, candidates: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each stem as a mask on the (W, T) ``mixture`` windows (:mod:`lass_cli.masks`) from its
+        (W, N, S) candidate tokens, a decoder batch of windows at a time (each window's mask is its
+        own), so that spectrograms are held for a few windows, not for the whole batch."""
+        reach = self.vqvae.decoder_reach(self.spec.level)
+        pieces = []
+        for start in range(0, len(mixture), self._coder_batch):
+            part = slice(start, start + self._coder_batch)
+            powers = [masks.mean_power(self.decode_tokens, c[part], mixture.shape[1], reach) for c in candidates]
+            pieces.append(masks.wiener(2 * mixture[part], powers))
+        return [torch.cat(stem) for stem in zip(*pieces)]
+
     @property
     def _coder_batch(self) -> int:
         return _CODER_BATCH[_device_kind(self.device)]
@@ -363,10 +375,7 @@ class Separator:
                 candidates = (
                     result.candidates if result.candidates is not None else torch.stack(result.tokens)[:, :, None]
                 )
-                reach = self.vqvae.decoder_reach(self.spec.level)
-                powers = [masks.mean_power(self.decode_tokens, candidates[order.index(i)], batch.shape[1], reach)
-                          for i in range(2)]  # fmt: skip
-                parts = masks.wiener(2 * batch, powers)
+                parts = self._masked(batch, [candidates[order.index(i)] for i in range(2)])
             else:
                 parts = [self.decode_tokens(t) for t in chosen]
             decoded = [audio.fit_length(part.float().cpu().numpy(), size) for part in parts]
@@ -378,6 +387,7 @@ class Separator:
                                **{stem: t[w].cpu().numpy() for stem, t in zip(self.spec.stems, chosen)}})  # fmt: skip
             scores += [round(float(s), 4) for s in result.scores.cpu()]
             free_steps += [int(n) for n in result.fallback_steps.cpu()]
+            del batch, observed, result, chosen, parts, decoded, mixture_tokens  # not held through the next search
         sink(output.finish())
         stems = {stem: np.concatenate(pieces) for stem, pieces in collected.items() if pieces}
         total = sum(seconds.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lass_cli.latent import LatentLikelihood, sum_table
+from lass_cli.latent import LatentLikelihood, sum_table, top_indices
 from lass_cli.search import SearchOptions, search
 
 from .conftest import random_prior
@@ -132,3 +132,23 @@ def test_bad_latents_and_settings_are_rejected():
         search(priors(), likelihood, torch.zeros(2, 5, 4))
     with pytest.raises(ValueError, match="sigma"):
         LatentLikelihood.from_codebook(codebook(), sigma=0)
+
+
+@pytest.mark.parametrize("values", ["distinct", "ties", "clustered"])
+def test_top_indices_in_two_passes_are_the_plain_top_k(values):
+    """The blockwise top k gives the values of a plain topk, largest first, at distinct indices:
+    with many equal values (the quantised average's ties) and with the best all in a few blocks."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 64 * 64, generator=generator)
+    if values == "ties":
+        x = x.mul(2).round()
+    if values == "clustered":
+        x[:, 96:160] += 10  # the 64 largest fill two blocks of 32
+    k = 32
+    index = top_indices(x, k)
+    assert torch.equal(x.gather(1, index), x.topk(k, dim=1).values)
+    assert all(len(set(row.tolist())) == k for row in index)
+    if values == "distinct":
+        assert torch.equal(index, x.topk(k, dim=1).indices)
+    small = x[:, :100]  # too few values for blocks: the plain topk
+    assert torch.equal(top_indices(small, k), small.topk(k, dim=1).indices)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lass_cli.masks import mean_power, wiener
+from lass_cli.masks import TAIL_STEP, mean_power, wiener
 from lass_cli.metrics import sdr
 
 
@@ -65,8 +65,8 @@ def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_pow
         vqvae.bottleneck.level_blocks[1].k.normal_()
     best = torch.randint(0, 16, (2, 1, 300))
     candidates = best.repeat(1, 5, 1)
-    candidates[0, 1, 250:] = 3  # differs late in one window
-    candidates[1, 2, 120:] = 5  # earlier in the other
+    candidates[0, 1, 280:] = 3  # differs late in one window
+    candidates[1, 2, 170:] = 5  # earlier in the other
     candidates[:, 3, 0] = 7  # from the first token: decoded whole
     # candidate 4 is the best one again: not decoded at all
     decoded = []
@@ -80,5 +80,6 @@ def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_pow
     assert decoded == [300] * 5
     decoded.clear()
     tails = mean_power(decode, candidates, length, reach=reach)
-    assert decoded == [300, 300 - (250 - 2 * reach), 300 - (120 - 2 * reach), 300]
+    starts = [(d - 2 * reach) // TAIL_STEP * TAIL_STEP for d in (280, 170)]
+    assert decoded == [300, 300 - starts[0], 300 - starts[1], 300] and 0 < starts[1] < starts[0]
     torch.testing.assert_close(tails, whole, rtol=1e-4, atol=1e-6)
