@@ -204,6 +204,35 @@ class Resampler:
         return self.push(np.zeros(0, np.float32), final=True)
 
 
+class Restorer:
+    """Decoded windows at the model's rate -> the signal at the input's rate, level and length, a
+    batch of windows at a time: cross-faded (:class:`CrossFader`), resampled (:class:`Resampler`),
+    divided by the ``gain`` the input was scaled by and cut to ``length``; the same to the bit as
+    on all windows at once."""
+
+    def __init__(
+        self, size: int, step: int, count: int, model_length: int, model_rate: int, rate: int, gain: float,
+        length: int,
+    ) -> None:  # fmt: skip
+        self.fader, self.resampler = CrossFader(size, step, count, model_length), Resampler(model_rate, rate)
+        self.gain, self.length, self.emitted = np.float32(gain), length, 0
+
+    def push(self, windows: np.ndarray) -> np.ndarray:
+        """``windows``: (W, size), the next ones in order."""
+        return self._cut(self.resampler.push(self.fader.push(windows)))
+
+    def finish(self) -> np.ndarray:
+        out = self._cut(self.resampler.push(self.fader.finish(), final=True))
+        missing = self.length - self.emitted  # the resampled signal may fall a sample short
+        self.emitted = self.length
+        return np.concatenate((out, np.zeros(missing, np.float32)))
+
+    def _cut(self, samples: np.ndarray) -> np.ndarray:
+        out = (samples / self.gain).astype(np.float32, copy=False)[: max(0, self.length - self.emitted)]
+        self.emitted += len(out)
+        return out
+
+
 def rms(x: np.ndarray) -> float:
     """Root mean square (0 for an empty signal)."""
     return float(np.sqrt(np.mean(np.asarray(x, np.float64) ** 2))) if np.size(x) else 0.0
@@ -285,7 +314,7 @@ def save(
 
 
 __all__ = [
-    "AUDIO_SUFFIXES", "AudioError", "BITS", "CrossFader", "FORMATS", "Resampler", "crossfade", "cut_windows",
-    "encode_mp3", "fit_length", "from_windows", "gain_to", "limit_peaks", "load", "peak_limiter", "resample", "rms",
-    "save", "subtype", "to_mono", "to_windows", "window_count",
+    "AUDIO_SUFFIXES", "AudioError", "BITS", "CrossFader", "FORMATS", "Resampler", "Restorer", "crossfade",
+    "cut_windows", "encode_mp3", "fit_length", "from_windows", "gain_to", "limit_peaks", "load", "peak_limiter",
+    "resample", "rms", "save", "subtype", "to_mono", "to_windows", "window_count",
 ]  # fmt: skip

@@ -175,34 +175,6 @@ def load_parts(spec: ModelSpec) -> ModelParts:
     return ModelParts(vqvae, (priors[0], priors[1]), counts, files)
 
 
-class _StemStream:
-    """Decoded windows -> stems at the input's rate and length, a batch at a time: cross-faded,
-    resampled, the normalisation undone, cut to the input's length, each step the same to the bit
-    as on the whole file (:class:`audio.CrossFader`, :class:`audio.Resampler`)."""
-
-    def __init__(self, stems, size, step, count, model_length, model_rate, rate, gain, length) -> None:
-        self.stems, self.gain, self.length, self.emitted = stems, np.float32(gain), length, 0
-        self.faders = [audio.CrossFader(size, step, count, model_length) for _ in stems]
-        self.resamplers = [audio.Resampler(model_rate, rate) for _ in stems]
-
-    def push(self, decoded: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """``decoded``: per stem (windows, size) at the model's rate, the next windows in order."""
-        pieces = [r.push(f.push(d)) for f, r, d in zip(self.faders, self.resamplers, decoded)]
-        return self._cut(pieces)
-
-    def finish(self) -> dict[str, np.ndarray]:
-        pieces = [r.push(f.finish(), final=True) for f, r in zip(self.faders, self.resamplers)]
-        out = self._cut(pieces)
-        missing = self.length - self.emitted  # the resampled stems may fall a sample short
-        return {s: np.concatenate((x, np.zeros(missing, np.float32))) for s, x in out.items()}
-
-    def _cut(self, pieces: list[np.ndarray]) -> dict[str, np.ndarray]:
-        room = max(0, self.length - self.emitted)
-        out = {s: (x / self.gain).astype(np.float32, copy=False)[:room] for s, x in zip(self.stems, pieces)}
-        self.emitted += len(out[self.stems[0]])
-        return out
-
-
 @dataclass
 class Separator:
     """A model loaded and ready on its device: VQ-VAE, one prior per stem, the likelihood view."""
@@ -337,7 +309,8 @@ class Separator:
         priors = (self.priors[order[0]], self.priors[order[1]])
         # Progress counts steps: the windows of a batch advance together.
         steps = sum(self._tokens_in(tail if upstream_tail and b == count else size) for _, b in batches)
-        output = _StemStream(self.spec.stems, size, step, count, len(y), self.spec.sample_rate, rate, gain, len(mono))
+        output = {stem: audio.Restorer(size, step, count, len(y), self.spec.sample_rate, rate, gain, len(mono))
+                  for stem in self.spec.stems}  # fmt: skip
         collected: dict[str, list[np.ndarray]] = {stem: [] for stem in self.spec.stems}
 
         def collect(blocks: dict[str, np.ndarray]) -> None:
@@ -356,7 +329,7 @@ class Separator:
             width = self._tokens_in(batch.shape[1])
             if width == 0:  # shorter than one token: nothing to search, the stems stay silent
                 scores, free_steps = scores + [None] * len(batch), free_steps + [0] * len(batch)
-                sink(output.push([np.zeros((len(batch), size), np.float32)] * len(self.spec.stems)))
+                sink({stem: o.push(np.zeros((len(batch), size), np.float32)) for stem, o in output.items()})
                 continue
             observed = self.observe(batch)
             seconds["encode_s"] += time.perf_counter() - clock
@@ -379,7 +352,7 @@ class Separator:
             else:
                 parts = [self.decode_tokens(t) for t in chosen]
             decoded = [audio.fit_length(part.float().cpu().numpy(), size) for part in parts]
-            sink(output.push(decoded))
+            sink({stem: output[stem].push(d) for stem, d in zip(self.spec.stems, decoded)})
             seconds["decode_s"] += time.perf_counter() - clock
             mixture_tokens = observed if observed.dim() == 2 or not keep_tokens else self.tokens_of(observed)
             for w in range(len(batch) if keep_tokens else 0):
@@ -388,7 +361,7 @@ class Separator:
             scores += [round(float(s), 4) for s in result.scores.cpu()]
             free_steps += [int(n) for n in result.fallback_steps.cpu()]
             del batch, observed, result, chosen, parts, decoded, mixture_tokens  # not held through the next search
-        sink(output.finish())
+        sink({stem: o.finish() for stem, o in output.items()})
         stems = {stem: np.concatenate(pieces) for stem, pieces in collected.items() if pieces}
         total = sum(seconds.values())
         duration = len(mono) / rate

@@ -105,9 +105,9 @@ def decode_stems(file: TokenFile, separator) -> dict[str, np.ndarray]:
             tokens = torch.from_numpy(row[:length].copy())[None]
             part = separator.decode_tokens(tokens).float().cpu().numpy()[0] if length else np.zeros(0, np.float32)
             pieces.append(audio.fit_length(part, window))
-        at_model_rate = audio.crossfade(np.stack(pieces), file.step_samples, file.model_samples)
-        back = audio.resample(at_model_rate, file.model_rate, file.input_rate) / file.gain
-        stems[stem] = audio.fit_length(back.astype(np.float32), file.input_samples)
+        restore = audio.Restorer(window, file.step_samples, len(pieces), file.model_samples, file.model_rate,
+                                 file.input_rate, file.gain, file.input_samples)  # fmt: skip
+        stems[stem] = np.concatenate((restore.push(np.stack(pieces)), restore.finish()))
     return stems
 
 
