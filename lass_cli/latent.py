@@ -43,17 +43,19 @@ def sum_table(codebook: torch.Tensor) -> torch.Tensor:
 
 
 def top_indices(values: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
-    """``values.topk(k, dim=1).indices`` of (W, N) values, largest first, in two smaller passes
-    (1.5x faster at K^2 = 262,144 and k = 1,024, a third of a search step): every one of the k
-    largest lies in one of the k blocks of ``block`` values with the largest maxima, so the top k
-    of those blocks' values is the top k of all. Equal values may come in another order."""
+    """``values.topk(k, dim=1).indices`` of (W, N) values, largest first, in smaller passes
+    (at K^2 = 262,144 and k = 1,024, 1.2x faster than two passes, 1.5x two passes faster than one:
+    this is a sixth of a search step): every one of the k largest lies in one of the k blocks of
+    ``block`` values with the largest maxima, so the top k of those blocks' values is the top k of
+    all, and those k x block candidates are ranked the same way again in blocks of 8 while they
+    are many. Equal values may come in another order."""
     windows, n = values.shape
-    if n % block or n < 4 * block * k:  # too few values for the passes to pay
+    if n % block or n < 2 * block * k:  # too few values for another pass to pay
         return values.topk(k, dim=1).indices
     blocks = values.view(windows, n // block, block)
     best = blocks.amax(2).topk(k, dim=1, sorted=False).indices
     candidates = blocks.gather(1, best[:, :, None].expand(-1, -1, block)).flatten(1)
-    pick = candidates.topk(k, dim=1).indices
+    pick = top_indices(candidates, k, 8)
     return best.gather(1, pick // block) * block + pick % block
 
 

@@ -45,7 +45,10 @@ def mean_power(
     decode: Callable[[torch.Tensor], torch.Tensor], candidates: torch.Tensor, length: int, reach: int | None = None
 ) -> torch.Tensor:
     """Power spectrogram of the decoded candidates (W, N, S) tokens, averaged over N: (W, F, frames).
-    Candidates are decoded one rank at a time, so memory holds W signals, not W x N.
+    Candidates are decoded one rank at a time, so memory holds W signals, not W x N. A candidate
+    equal to an earlier one of its window is not decoded again but counted with that one's power:
+    where the final beams differ only in the other stem's tokens they repeat this stem's (on our
+    model about 40 % of the bass candidates and 10 % of the drums ones).
 
     With ``reach`` (the decoder's receptive field in tokens, :meth:`VQVAE.decoder_reach`) a
     candidate that agrees with the first one up to token d is decoded only from token
@@ -53,24 +56,34 @@ def mean_power(
     are kept before that start + reach: the final beams of a beam search differ only in their last
     few dozen tokens, so this decodes a fraction."""
     first = decode(candidates[:, 0])
-    total = _stft(first, length).abs().pow(2)
-    hop = first.shape[-1] // candidates.shape[-1]
+    powers = [_stft(first, length).abs().pow(2)]
     for n in range(1, candidates.shape[1]):
         tokens = candidates[:, n]
-        start = 0
-        if reach is not None:
-            differs = (tokens != candidates[:, 0]).any(0).nonzero()
-            start = max(0, int(differs[0]) - 2 * reach) // TAIL_STEP * TAIL_STEP if len(differs) else tokens.shape[-1]
-        if start == 0:
-            signal = decode(tokens)
-        elif start >= tokens.shape[-1]:
-            signal = first
-        else:
-            keep = start + reach  # from here on the tail's samples have their whole context
-            tail = decode(tokens[:, start:])
-            signal = torch.cat((first[:, : keep * hop], tail[:, reach * hop :]), dim=-1)
-        total = total + _stft(signal, length).abs().pow(2)
-    return total / candidates.shape[1]
+        same = (candidates[:, :n] == tokens[:, None]).all(2)  # (W, n): equal to an earlier rank
+        earlier = same.int().argmax(1).tolist()  # the first such rank, 0 where there is none
+        power = torch.stack([powers[rank][w] for w, rank in enumerate(earlier)])
+        fresh = (~same.any(1)).nonzero()[:, 0]
+        if len(fresh):
+            signal = _decoded_from_difference(decode, tokens[fresh], candidates[fresh, 0], first[fresh], reach)
+            power[fresh] = _stft(signal, length).abs().pow(2)
+        powers.append(power)
+    return sum(powers) / candidates.shape[1]
+
+
+def _decoded_from_difference(
+    decode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor, best: torch.Tensor, first: torch.Tensor,
+    reach: int | None,
+) -> torch.Tensor:  # fmt: skip
+    """``decode(tokens)`` (rows, S); with ``reach``, only the tail from where they differ from
+    ``best``, whose decoded samples ``first`` serve before it (see :func:`mean_power`)."""
+    differs = (tokens != best).any(0).nonzero()
+    start = 0 if reach is None else max(0, int(differs[0]) - 2 * reach) // TAIL_STEP * TAIL_STEP
+    if start == 0:
+        return decode(tokens)
+    hop = first.shape[-1] // tokens.shape[-1]
+    keep = start + reach  # from here on the tail's samples have their whole context
+    tail = decode(tokens[:, start:])
+    return torch.cat((first[:, : keep * hop], tail[:, reach * hop :]), dim=-1)
 
 
 def wiener(mixture: torch.Tensor, powers: list[torch.Tensor]) -> list[torch.Tensor]:

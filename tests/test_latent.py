@@ -135,9 +135,10 @@ def test_bad_latents_and_settings_are_rejected():
 
 
 @pytest.mark.parametrize("values", ["distinct", "ties", "clustered"])
-def test_top_indices_in_two_passes_are_the_plain_top_k(values):
-    """The blockwise top k gives the values of a plain topk, largest first, at distinct indices:
-    with many equal values (the quantised average's ties) and with the best all in a few blocks."""
+def test_top_indices_in_passes_are_the_plain_top_k(values):
+    """The blockwise top k (three passes here) gives the values of a plain topk, largest first, at
+    distinct indices: with many equal values (the quantised average's ties) and with the best all
+    in a few blocks."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 64 * 64, generator=generator)
     if values == "ties":

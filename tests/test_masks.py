@@ -65,21 +65,25 @@ def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_pow
         vqvae.bottleneck.level_blocks[1].k.normal_()
     best = torch.randint(0, 16, (2, 1, 300))
     candidates = best.repeat(1, 5, 1)
-    candidates[0, 1, 280:] = 3  # differs late in one window
+    candidates[0, 1, 280:] = 3  # differs late in one window (the other's is the best one again)
     candidates[1, 2, 170:] = 5  # earlier in the other
     candidates[:, 3, 0] = 7  # from the first token: decoded whole
-    # candidate 4 is the best one again: not decoded at all
+    # candidate 4 is the best one again, candidate 5 candidate 3 again: neither is decoded
+    candidates = torch.cat((candidates, candidates[:, 3:4]), 1)
     decoded = []
 
     def decode(tokens):
-        decoded.append(tokens.shape[-1])
+        decoded.append(tuple(tokens.shape))
         return vqvae.decode(tokens, level=1)
 
     length, reach = 300 * vqvae.hop_length(1), vqvae.decoder_reach(1)
     whole = mean_power(decode, candidates, length)
-    assert decoded == [300] * 5
+    assert decoded == [(2, 300), (1, 300), (1, 300), (2, 300)]
     decoded.clear()
     tails = mean_power(decode, candidates, length, reach=reach)
     starts = [(d - 2 * reach) // TAIL_STEP * TAIL_STEP for d in (280, 170)]
-    assert decoded == [300, 300 - starts[0], 300 - starts[1], 300] and 0 < starts[1] < starts[0]
+    assert decoded == [(2, 300), (1, 300 - starts[0]), (1, 300 - starts[1]), (2, 300)] and 0 < starts[1] < starts[0]
     torch.testing.assert_close(tails, whole, rtol=1e-4, atol=1e-6)
+    # The repeats count as often as they occur: the mean over every candidate decoded whole.
+    one_by_one = [power(vqvae.decode(candidates[:, n], level=1)) for n in range(6)]
+    torch.testing.assert_close(whole, sum(one_by_one) / 6, rtol=1e-4, atol=1e-6)
