@@ -7,8 +7,13 @@ and writing are in the figure, and so is each process's own peak resident memory
 length), tokens per second (both priors' tokens: windows x 1024 x 2 per wall second), the search,
 decoding and total seconds of the report, and the peak RSS.
 
+With ``--short N,SECONDS`` it times instead one `lass separate` call on N inputs of SECONDS each
+(pieces of the example), whose windows are searched together, against the same call with
+``--batch-windows 1`` (one input, one window at a time, as before inputs were packed).
+
 Usage:
     python benchmarks/separate.py --lengths 30,600 --repeats 3 -- --sampler beam --beams 10
+    python benchmarks/separate.py --short 8,2.5 -- --sampler beam --beams 10
 Arguments after ``--`` go to `lass separate` as they are. Prints one table and one JSON line.
 """
 
@@ -40,6 +45,44 @@ def make_input(folder: Path, seconds: float) -> Path:
     return path
 
 
+def make_pieces(folder: Path, count: int, seconds: float) -> list[Path]:
+    """``count`` consecutive pieces of ``seconds`` of the example (repeated where it runs out)."""
+    data, rate = sf.read(EXAMPLE, dtype="float32", always_2d=True)
+    samples = int(round(seconds * rate))
+    tiled = np.resize(data, (samples * count, data.shape[1]))
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"piece-{i}.wav")
+        sf.write(paths[-1], tiled[i * samples : (i + 1) * samples], rate, subtype="PCM_16")
+    return paths
+
+
+def short_inputs(count: int, seconds: float, extra: list[str]) -> None:
+    """N short inputs in one call, packed into shared searches against one window at a time."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sources = make_pieces(folder, count, seconds)
+        for name, flags in (("packed", []), ("apart", ["--batch-windows", "1"])):
+            command = [sys.executable, "-m", "lass_cli", "separate", *map(str, sources), "-o", str(folder / name),
+                       "--force", "-q", *flags, *extra]  # fmt: skip
+            began = time.perf_counter()
+            subprocess.run(command, check=True)
+            wall = time.perf_counter() - began
+            windows = sum(json.loads((folder / name / s.stem / "report.json").read_text())["windows"]["count"]
+                          for s in sources)  # fmt: skip
+            rtf = round(wall / (count * seconds), 3)
+            results.append({"mode": name, "inputs": count, "seconds_each": seconds, "windows": windows,
+                            "wall_s": round(wall, 2), "real_time_factor": rtf})  # fmt: skip
+    print("| inputs | mode | windows | wall s | RTF |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['inputs']} x {r['seconds_each']:g} s | {r['mode']} | {r['windows']} | {r['wall_s']:.1f} | "
+              f"{r['real_time_factor']:.2f} |")  # fmt: skip
+    print(f"apart / packed: {results[1]['wall_s'] / results[0]['wall_s']:.2f}x")
+    print(json.dumps({"benchmark": "separate-short", "cpu_threads": os.cpu_count(), "results": results}))
+
+
 def run_once(source: Path, out: Path, extra: list[str]) -> dict:
     """One `lass separate` process: its wall time, its peak RSS and its report."""
     command = [sys.executable, "-m", "lass_cli", "separate", str(source), "-o", str(out), "--force", "-q", *extra]
@@ -63,8 +106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="30,600", help="input lengths in seconds")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--short", help="N,SECONDS: N short inputs in one call, packed against apart")
     parser.add_argument("extra", nargs="*", help="arguments for lass separate (after --)")
     args = parser.parse_args()
+    if args.short:
+        count, seconds = args.short.split(",")
+        return short_inputs(int(count), float(seconds), args.extra)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -131,7 +131,8 @@ search_options = [
     click.option("--lambda", "weight", type=float, default=None, help="Likelihood weight (model default, 3 upstream)."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--batch-windows", type=click.IntRange(min=1), default=None,
-                 help="Windows searched at once (default: as many as fit in half the free memory)."),
+                 help="Windows searched at once, short inputs' together (default: as many as fit in half the free "
+                 "memory)."),
     click.option("--normalize/--no-normalize", default=True, show_default=True,
                  help="Scale the input to the model's training level and the stems back."),
     click.option("--wiener/--no-wiener", default=None,

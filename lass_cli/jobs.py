@@ -214,9 +214,9 @@ class Progress:
         if self._bar:
             self._bar.update(self._steps, completed=done, total=total)
 
-    def end_file(self) -> None:
+    def end_file(self, count: int = 1) -> None:
         if self._bar:
-            self._bar.advance(self._files)
+            self._bar.advance(self._files, count)
 
     def close(self) -> None:
         if self._bar:
@@ -253,63 +253,127 @@ def _notice(request: SeparateRequest, message: str) -> None:
         print(f"lass: {message}", file=sys.stderr)
 
 
-def _separate_one(
+@dataclass
+class _Input:
+    """An input read and waiting for its search, with where its outputs go."""
+
+    source: Path
+    plan: dict[str, Path]
+    tokens_path: Path | None
+    mono: np.ndarray
+    rate: int
+    channels: int
+    samples: int
+    windows: int  # how many the separator cuts from it
+
+
+def _read_input(
     request: SeparateRequest, separator: Separator, options: SearchOptions, source: Path, plan: dict[str, Path],
-    references: dict[str, Path], progress: Progress, tokens_path: Path | None,
-) -> dict[str, Any]:  # fmt: skip
+    tokens_path: Path | None,
+) -> _Input:  # fmt: skip
     mix, rate = audio.load(source)
     channels, samples = mix.shape
-    mono = audio.to_mono(mix)
-    del mix  # only the mono is kept (a view of a one-channel input): a long stereo input goes now
-    written = [stem for stem in plan if stem != "report"]
-    out_root = Path(request.out_dir)
-    out_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lass-partial-", dir=out_root))
-    placed: list[Path] = []
-    try:
-        files = StemFiles(staging, list(dict.fromkeys([*written, *references])), rate)
-        done = 0
+    mono = audio.to_mono(mix)  # only the mono is kept (a view of a one-channel input)
+    windows = separator.windows_of(samples, rate, request.window_overlap(options))
+    return _Input(source, plan, tokens_path, mono, rate, channels, samples, windows)
 
-        def sink(blocks: dict[str, np.ndarray]) -> None:
-            nonlocal done
-            count = len(next(iter(blocks.values())))
-            if request.residual:  # what the stems leave of the input, so that all of them add up to it
-                blocks = {**blocks, RESIDUAL: mono[done : done + count] - sum(blocks.values())}
-            done += count
-            files.write(blocks)
 
+class _Staged:
+    """One input's stems as they are separated: float32 staging files in a hidden folder under
+    ``--out`` (with the residual, what the stems leave of the input), renamed into place all
+    together when every stem is complete; the folder goes in any case."""
+
+    def __init__(self, request: SeparateRequest, item: _Input, references: dict[str, Path]) -> None:
+        self.request, self.item, self.references = request, item, references
+        self.written = [stem for stem in item.plan if stem != "report"]
+        out_root = Path(request.out_dir)
+        out_root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".lass-partial-", dir=out_root))
+        self.files = StemFiles(self.folder, list(dict.fromkeys([*self.written, *references])), item.rate)
+        self.done = 0
+
+    def sink(self, blocks: dict[str, np.ndarray]) -> None:
+        count = len(next(iter(blocks.values())))
+        if self.request.residual:  # what the stems leave of the input, so that all of them add up to it
+            blocks = {**blocks, RESIDUAL: self.item.mono[self.done : self.done + count] - sum(blocks.values())}
+        self.done += count
+        self.files.write(blocks)
+
+    def place(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """Finish the stems, score them against the references and rename them into place (all of
+        them or none); returns their peaks and the metrics."""
+        request, item, placed = self.request, self.item, []
         try:
-            _, details = separator.separate(
-                mono[None], rate, options, progress.step, request.batch_windows, request.normalize, request.wiener,
-                keep_tokens=tokens_path is not None, overlap=request.window_overlap(options), sink=sink,
-            )  # fmt: skip
-        finally:
-            files.close()
-        chosen_tokens = details.pop("tokens", None)
-        metrics = {}
-        for stem, path in references.items():
-            reference, reference_rate = audio.load(path)
-            estimate = files.read(stem)
-            truth = audio.fit_length(audio.resample(audio.to_mono(reference), reference_rate, rate), len(estimate))
-            metrics[stem] = {"sdr": round(sdr(truth, estimate), 3), "si_sdr": round(si_sdr(truth, estimate), 3)}
-        peaks = {stem: files.peaks[stem] for stem in written}
-        finished = files.finish(written, request.fmt, request.bits, request.mp3_bitrate, request.clip_mode)
-        for stem in written:
-            plan[stem].parent.mkdir(parents=True, exist_ok=True)
-            finished[stem].replace(plan[stem])
-            placed.append(plan[stem])
-    except BaseException:
-        for path in placed:  # all stems of an input or none
-            path.unlink(missing_ok=True)
-        raise
+            metrics = {}
+            for stem, path in self.references.items():
+                reference, reference_rate = audio.load(path)
+                estimate = self.files.read(stem)
+                truth = audio.resample(audio.to_mono(reference), reference_rate, item.rate)
+                truth = audio.fit_length(truth, len(estimate))
+                metrics[stem] = {"sdr": round(sdr(truth, estimate), 3), "si_sdr": round(si_sdr(truth, estimate), 3)}
+            peaks = {stem: self.files.peaks[stem] for stem in self.written}
+            finished = self.files.finish(self.written, request.fmt, request.bits, request.mp3_bitrate,
+                                         request.clip_mode)  # fmt: skip
+            for stem in self.written:
+                item.plan[stem].parent.mkdir(parents=True, exist_ok=True)
+                finished[stem].replace(item.plan[stem])
+                placed.append(item.plan[stem])
+        except BaseException:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            raise
+        return peaks, metrics
+
+    def remove(self) -> None:
+        self.files.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _separate_inputs(
+    request: SeparateRequest, separator: Separator, options: SearchOptions, items: list[_Input],
+    references: dict[str, Path], progress: Progress,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Separate one input, streamed in batches of windows, or several short ones searched together
+    (:meth:`Separator.separate_together`); write their stems, tokens and reports."""
+    staged: list[_Staged] = []
+    try:
+        for item in items:
+            staged.append(_Staged(request, item, references))
+        settings = {"normalize": request.normalize, "wiener": request.wiener,
+                    "overlap": request.window_overlap(options),
+                    "keep_tokens": any(item.tokens_path for item in items)}  # fmt: skip
+        if len(items) == 1:
+            item = items[0]
+            outcomes = [separator.separate(item.mono[None], item.rate, options, progress.step, request.batch_windows,
+                                           sink=staged[0].sink, **settings)]  # fmt: skip
+        else:
+            mixes = [(item.mono[None], item.rate) for item in items]
+            outcomes = separator.separate_together(mixes, options, progress.step, sinks=[s.sink for s in staged],
+                                                   **settings)  # fmt: skip
+        for stage in staged:
+            stage.files.close()
+        placed = [stage.place() for stage in staged]
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if tokens_path is not None:
+        for stage in staged:
+            stage.remove()
+    return [_write_report(request, separator, options, item, details, peaks, metrics)
+            for item, (_, details), (peaks, metrics) in zip(items, outcomes, placed)]  # fmt: skip
+
+
+def _write_report(
+    request: SeparateRequest, separator: Separator, options: SearchOptions, item: _Input, details: dict[str, Any],
+    peaks: dict[str, float], metrics: dict[str, dict[str, float]],
+) -> dict[str, Any]:  # fmt: skip
+    written = [stem for stem in item.plan if stem != "report"]
+    chosen_tokens = details.pop("tokens", None)
+    if item.tokens_path is not None:
         step = details["windows"]["step_samples"]
-        save_tokens(tokens_path, chosen_tokens, separator, options, rate, samples, details["level"], step)
+        save_tokens(item.tokens_path, chosen_tokens, separator, options, item.rate, item.samples, details["level"],
+                    step)  # fmt: skip
+    plan, tokens_path = item.plan, item.tokens_path
     report = build_report(
-        input={"path": str(source), "sample_rate": rate, "channels": channels, "samples": samples,
-               "duration_s": round(samples / rate, 4)},
+        input={"path": str(item.source), "sample_rate": item.rate, "channels": item.channels, "samples": item.samples,
+               "duration_s": round(item.samples / item.rate, 4)},
         model=separator.describe(),
         settings={**asdict(options), "lambda": separator.likelihood.weight, "format": request.fmt,
                   "bits": request.bits, "clip_mode": request.clip_mode, "stems": list(written),
@@ -339,28 +403,62 @@ def run_separate(request: SeparateRequest) -> dict[str, Any]:
     options = request.search_options(device, spec)
     separator = request.load_separator(spec, device, options)
     progress = Progress(sys.stderr.isatty() and not request.quiet and not request.as_json, len(sources))
-    results = []
+    results: list[dict[str, Any]] = [{"input": str(source), "report": str(plan["report"])}
+                                     for (source, _), plan in zip(sources, plans)]  # fmt: skip
+    # Short inputs wait here until their windows fill a search: one batch of windows at most, and
+    # never with --compat upstream (which searches a short last window alone).
+    room = separator.default_batch_windows(options) if request.batch_windows is None else request.batch_windows
+    pack = options.compat == "none"
+    pending: list[tuple[int, _Input, float]] = []
+
+    def run(group: list[tuple[int, _Input, float]]) -> None:
+        names = [item.source.name for _, item, _ in group]
+        progress.start_file(names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else ""))
+        started = time.perf_counter()
+        try:
+            reports = _separate_inputs(request, separator, options, [item for _, item, _ in group], references,
+                                       progress)  # fmt: skip
+            for (index, _, _), report in zip(group, reports):
+                results[index].update(status="done", outputs=report["outputs"], metrics=report["metrics"])
+        except (audio.AudioError, OSError, ValueError) as exc:
+            for index, item, _ in group:
+                message = str(exc) if isinstance(exc, audio.AudioError) else f"{item.source}: {exc}"
+                results[index].update(status="failed", error=message)
+                print(f"lass: error: {message}", file=sys.stderr)
+        # Inputs searched together share the search's time by their windows.
+        elapsed, windows = time.perf_counter() - started, sum(item.windows for _, item, _ in group)
+        for index, item, reading in group:
+            results[index]["seconds"] = round(reading + elapsed * item.windows / windows, 3)
+        progress.end_file(len(group))
+
     try:
-        for (source, _), plan, tokens_path in zip(sources, plans, token_files):
-            progress.start_file(source.name)
-            entry: dict[str, Any] = {"input": str(source), "report": str(plan["report"])}
+        for index, ((source, _), plan, tokens_path) in enumerate(zip(sources, plans, token_files)):
+            entry = results[index]
             started = time.perf_counter()
             try:
                 existing = [p for p in [*plan.values(), tokens_path] if p is not None and p.exists()]
                 if plan["report"].exists() and not request.force:
-                    entry["status"] = "skipped"
-                elif existing and not request.force:
+                    entry.update(status="skipped", seconds=0.0)
+                    progress.end_file()
+                    continue
+                if existing and not request.force:
                     raise FileExistsError(f"{existing[0]} exists (use --force to overwrite)")
-                else:
-                    report = _separate_one(request, separator, options, source, plan, references, progress, tokens_path)
-                    entry.update(status="done", outputs=report["outputs"], metrics=report["metrics"])
+                item = _read_input(request, separator, options, source, plan, tokens_path)
             except (audio.AudioError, OSError, ValueError) as exc:
                 message = str(exc) if isinstance(exc, audio.AudioError) else f"{source}: {exc}"
-                entry.update(status="failed", error=message)
+                entry.update(status="failed", error=message, seconds=round(time.perf_counter() - started, 3))
                 print(f"lass: error: {message}", file=sys.stderr)
-            entry["seconds"] = round(time.perf_counter() - started, 3)
-            results.append(entry)
-            progress.end_file()
+                progress.end_file()
+                continue
+            if pending and (not pack or sum(i.windows for _, i, _ in pending) + item.windows > room):
+                run(pending)
+                pending = []
+            pending.append((index, item, time.perf_counter() - started))
+            if not pack or sum(i.windows for _, i, _ in pending) >= room:
+                run(pending)
+                pending = []
+        if pending:
+            run(pending)
     finally:
         progress.close()
     failed = sum(r["status"] == "failed" for r in results)

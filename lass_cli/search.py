@@ -109,6 +109,12 @@ class SearchResult:
     fallback_steps: torch.Tensor
     candidates: torch.Tensor | None = None  # the final beams, best first, or every sample: (2, W, N, S)
 
+    def windows(self, part: slice) -> SearchResult:
+        """The result of the windows ``part`` alone (inputs searched together are split back)."""
+        candidates = None if self.candidates is None else self.candidates[:, part]
+        return SearchResult((self.tokens[0][part], self.tokens[1][part]), self.scores[part],
+                            self.fallback_steps[part], candidates)  # fmt: skip
+
 
 def _log_probs(
     prior: PriorLike, cache: Cache, previous: torch.Tensor | None, temperature: float, upstream: bool = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from .latent import LatentLikelihood
 from .likelihood import Counts, Likelihood
 from .prior import Prior, PriorCache, PriorConfig
 from .registry import FileSpec, ModelSpec, require
-from .search import SearchOptions, search
+from .search import SearchOptions, SearchResult, search
 from .vqvae import VQVAE, VQVAEConfig, nearest_codes
 
 UPSTREAM_FIRST = "bass"  # the original code's source 0
@@ -176,6 +176,46 @@ def load_parts(spec: ModelSpec) -> ModelParts:
 
 
 @dataclass
+class _Job:
+    """One input on its way through :class:`Separator`: ``y`` at the model's rate, how it is cut,
+    where its stems go (``sink``, else collected), and what the searches of its windows reported."""
+
+    y: np.ndarray
+    duration: float  # seconds of input
+    level: float
+    gain: float
+    step: int
+    count: int
+    tail: int  # samples of y in the last window
+    order: tuple[int, int]
+    priors: tuple[Prior, Prior]
+    output: dict[str, audio.Restorer]
+    sink: Callable[[dict[str, np.ndarray]], None] | None
+    wiener: bool
+    keep_tokens: bool
+    collected: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    tokens: list[dict[str, np.ndarray]] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    free_steps: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: {"encode_s": 0.0, "search_s": 0.0, "decode_s": 0.0})
+
+    def __post_init__(self) -> None:
+        if self.sink is None:  # no sink: the pieces are kept and joined at the end
+            self.collected = {stem: [] for stem in self.output}
+            self.sink = self._collect
+
+    def _collect(self, blocks: dict[str, np.ndarray]) -> None:
+        for stem, samples in blocks.items():
+            self.collected[stem].append(samples)
+
+    def silent(self, windows: int, size: int) -> None:
+        """Windows too short to hold a token: nothing is searched, their stems stay silent."""
+        self.scores += [None] * windows
+        self.free_steps += [0] * windows
+        self.sink({stem: o.push(np.zeros((windows, size), np.float32)) for stem, o in self.output.items()})
+
+
+@dataclass
 class Separator:
     """A model loaded and ready on its device: VQ-VAE, one prior per stem, the likelihood view."""
 
@@ -287,7 +327,96 @@ class Separator:
         (:class:`audio.CrossFader`), so stems do not jump where two windows meet.
         With ``keep_tokens`` the details carry ``tokens``: per window the mixture's tokens and each
         stem's chosen tokens (for ``--save-tokens``)."""
-        wiener = self.spec.wiener if wiener is None else wiener
+        job = self._begin(mix, rate, options, normalize, overlap, sink, wiener, keep_tokens)
+        size, count, tail = self.window_samples, job.count, job.tail
+        group = batch_windows or self.default_batch_windows(options)
+        batches = [(start, min(start + group, count)) for start in range(0, count, group)]
+        upstream_tail = options.compat == "upstream" and tail < size
+        if upstream_tail:  # the original encodes a short last window as it is: floor(samples / hop) tokens
+            first, _ = batches.pop()
+            batches += [(first, count - 1)] * (first < count - 1) + [(count - 1, count)]
+        # Progress counts steps: the windows of a batch advance together.
+        steps = sum(self._tokens_in(tail if upstream_tail and b == count else size) for _, b in batches)
+        offset = 0
+        for a, b in batches:
+            clock = time.perf_counter()
+            short = upstream_tail and b == count
+            windows = job.y[len(job.y) - tail :][None] if short else audio.cut_windows(job.y, size, job.step, a, b)
+            batch = torch.from_numpy(windows).to(self.device)
+            width = self._tokens_in(batch.shape[1])
+            if width == 0:  # shorter than one token: nothing to search, the stems stay silent
+                job.silent(len(batch), size)
+                continue
+            observed = self.observe(batch)
+            job.seconds["encode_s"] += time.perf_counter() - clock
+
+            def progress(done: int, total: int, offset: int = offset) -> None:
+                if on_step is not None:
+                    on_step(offset + done, steps)
+
+            clock = time.perf_counter()
+            result = search(job.priors, self.likelihood, observed, options, self.decode_tokens, batch, progress)
+            job.seconds["search_s"] += time.perf_counter() - clock
+            offset += width
+            self._deliver(job, batch, observed, result)
+            del batch, observed, result  # not held through the next search
+        return self._end(job, group)
+
+    def separate_together(
+        self,
+        mixes: list[tuple[np.ndarray, int]],
+        options: SearchOptions,
+        on_step: Callable[[int, int], None] | None = None,
+        normalize: bool = True,
+        wiener: bool | None = None,
+        keep_tokens: bool = False,
+        overlap: float = 0.0,
+        sinks: list[Callable[[dict[str, np.ndarray]], None] | None] | None = None,
+    ) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+        """:meth:`separate` of several short mixtures, (channels, samples) at their rate each, whose
+        windows are searched as one batch: a search step costs much the same for a few rows as for a
+        hundred, so many short files go several times faster together than one after another, and
+        each window's tokens are what it gets alone (windows are independent). The encoding and
+        search times are shared out among the inputs by their windows. Not with ``--compat
+        upstream``, which searches a short last window unpadded, on its own."""
+        if options.compat == "upstream":
+            raise ValueError("inputs are searched together only without --compat upstream")
+        sinks = sinks or [None] * len(mixes)
+        jobs = [self._begin(mix, rate, options, normalize, overlap, sink, wiener, keep_tokens)
+                for (mix, rate), sink in zip(mixes, sinks)]  # fmt: skip
+        size = self.window_samples
+        clock = time.perf_counter()
+        windows = np.concatenate([audio.cut_windows(job.y, size, job.step) for job in jobs])
+        batch = torch.from_numpy(windows).to(self.device)
+        observed = self.observe(batch)
+        encode_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        steps = self._tokens_in(size)
+        progress = None if on_step is None else (lambda done, total: on_step(done, steps))
+        result = search(jobs[0].priors, self.likelihood, observed, options, self.decode_tokens, batch, progress)
+        search_s = time.perf_counter() - clock
+        outcomes, start = [], 0
+        for job in jobs:
+            part = slice(start, start + job.count)
+            start += job.count
+            share = job.count / len(batch)
+            job.seconds["encode_s"] += encode_s * share
+            job.seconds["search_s"] += search_s * share
+            self._deliver(job, batch[part], observed[part], result.windows(part))
+            outcomes.append(self._end(job, len(batch)))
+        return outcomes
+
+    def windows_of(self, samples: int, rate: int, overlap: float) -> int:
+        """How many windows :meth:`separate` cuts from ``samples`` at ``rate`` (to pack inputs)."""
+        length = -(-samples * self.spec.sample_rate // rate)  # audio.resample's length
+        return audio.window_count(length, self.window_samples, self.window_step(overlap))
+
+    def _begin(
+        self, mix: np.ndarray, rate: int, options: SearchOptions, normalize: bool, overlap: float,
+        sink: Callable[[dict[str, np.ndarray]], None] | None, wiener: bool | None, keep_tokens: bool,
+    ) -> _Job:  # fmt: skip
+        """An input brought to the model: mono, the model's rate, ``y = mix / 2`` at the training
+        level, and how its windows are cut and its stems restored."""
         mono = audio.to_mono(mix)
         y = audio.resample(mono, rate, self.spec.sample_rate) / np.float32(2)
         level = audio.rms(y)
@@ -298,91 +427,59 @@ class Separator:
             raise ValueError("--compat upstream cuts windows without overlap: use --overlap 0")
         size = self.window_samples
         count = audio.window_count(len(y), size, step)
-        group = batch_windows or self.default_batch_windows(options)
-        batches = [(start, min(start + group, count)) for start in range(0, count, group)]
-        tail = len(y) - (count - 1) * size
-        upstream_tail = options.compat == "upstream" and tail < size
-        if upstream_tail:  # the original encodes a short last window as it is: floor(samples / hop) tokens
-            first, _ = batches.pop()
-            batches += [(first, count - 1)] * (first < count - 1) + [(count - 1, count)]
         order = self.search_order(options)
-        priors = (self.priors[order[0]], self.priors[order[1]])
-        # Progress counts steps: the windows of a batch advance together.
-        steps = sum(self._tokens_in(tail if upstream_tail and b == count else size) for _, b in batches)
         output = {stem: audio.Restorer(size, step, count, len(y), self.spec.sample_rate, rate, gain, len(mono))
                   for stem in self.spec.stems}  # fmt: skip
-        collected: dict[str, list[np.ndarray]] = {stem: [] for stem in self.spec.stems}
+        return _Job(
+            y, len(mono) / rate, level, gain, step, count, len(y) - (count - 1) * size, order,
+            (self.priors[order[0]], self.priors[order[1]]), output, sink,
+            self.spec.wiener if wiener is None else wiener, keep_tokens,
+        )  # fmt: skip
 
-        def collect(blocks: dict[str, np.ndarray]) -> None:
-            for stem, samples in blocks.items():
-                collected[stem].append(samples)
-
-        sink = sink or collect
-        tokens: list[dict[str, np.ndarray]] = []
-        scores, free_steps, seconds = [], [], {"encode_s": 0.0, "search_s": 0.0, "decode_s": 0.0}
-        offset = 0
-        for a, b in batches:
-            clock = time.perf_counter()
-            short = upstream_tail and b == count
-            windows = y[len(y) - tail :][None] if short else audio.cut_windows(y, size, step, a, b)
-            batch = torch.from_numpy(windows).to(self.device)
-            width = self._tokens_in(batch.shape[1])
-            if width == 0:  # shorter than one token: nothing to search, the stems stay silent
-                scores, free_steps = scores + [None] * len(batch), free_steps + [0] * len(batch)
-                sink({stem: o.push(np.zeros((len(batch), size), np.float32)) for stem, o in output.items()})
-                continue
-            observed = self.observe(batch)
-            seconds["encode_s"] += time.perf_counter() - clock
-
-            def progress(done: int, total: int, offset: int = offset) -> None:
-                if on_step is not None:
-                    on_step(offset + done, steps)
-
-            clock = time.perf_counter()
-            result = search(priors, self.likelihood, observed, options, self.decode_tokens, batch, progress)
-            seconds["search_s"] += time.perf_counter() - clock
-            offset += width
-            clock = time.perf_counter()
-            chosen = [result.tokens[order.index(i)] for i in range(2)]
-            if wiener:
-                candidates = (
-                    result.candidates if result.candidates is not None else torch.stack(result.tokens)[:, :, None]
-                )
-                parts = self._masked(batch, [candidates[order.index(i)] for i in range(2)])
-            else:
-                parts = [self.decode_tokens(t) for t in chosen]
-            decoded = [audio.fit_length(part.float().cpu().numpy(), size) for part in parts]
-            sink({stem: output[stem].push(d) for stem, d in zip(self.spec.stems, decoded)})
-            seconds["decode_s"] += time.perf_counter() - clock
-            mixture_tokens = observed if observed.dim() == 2 or not keep_tokens else self.tokens_of(observed)
-            for w in range(len(batch) if keep_tokens else 0):
-                tokens.append({"mixture": mixture_tokens[w].cpu().numpy(),
+    def _deliver(self, job: _Job, batch: torch.Tensor, observed: torch.Tensor, result: SearchResult) -> None:
+        """A searched batch of an input's windows: decoded (or masks of the mixture), stitched and
+        given to its sink; its scores and, if asked, its tokens recorded."""
+        clock = time.perf_counter()
+        order, size = job.order, self.window_samples
+        chosen = [result.tokens[order.index(i)] for i in range(2)]
+        if job.wiener:
+            candidates = result.candidates if result.candidates is not None else torch.stack(result.tokens)[:, :, None]
+            parts = self._masked(batch, [candidates[order.index(i)] for i in range(2)])
+        else:
+            parts = [self.decode_tokens(t) for t in chosen]
+        decoded = [audio.fit_length(part.float().cpu().numpy(), size) for part in parts]
+        job.sink({stem: job.output[stem].push(d) for stem, d in zip(self.spec.stems, decoded)})
+        job.seconds["decode_s"] += time.perf_counter() - clock
+        mixture_tokens = observed if observed.dim() == 2 or not job.keep_tokens else self.tokens_of(observed)
+        for w in range(len(batch) if job.keep_tokens else 0):
+            job.tokens.append({"mixture": mixture_tokens[w].cpu().numpy(),
                                **{stem: t[w].cpu().numpy() for stem, t in zip(self.spec.stems, chosen)}})  # fmt: skip
-            scores += [round(float(s), 4) for s in result.scores.cpu()]
-            free_steps += [int(n) for n in result.fallback_steps.cpu()]
-            del batch, observed, result, chosen, parts, decoded, mixture_tokens  # not held through the next search
-        sink({stem: o.finish() for stem, o in output.items()})
-        stems = {stem: np.concatenate(pieces) for stem, pieces in collected.items() if pieces}
-        total = sum(seconds.values())
-        duration = len(mono) / rate
+        job.scores += [round(float(s), 4) for s in result.scores.cpu()]
+        job.free_steps += [int(n) for n in result.fallback_steps.cpu()]
+
+    def _end(self, job: _Job, group: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The last stitched samples to the sink; the stems (when there was no sink) and the details."""
+        job.sink({stem: o.finish() for stem, o in job.output.items()})
+        stems = {stem: np.concatenate(pieces) for stem, pieces in job.collected.items() if pieces}
+        total, gain = sum(job.seconds.values()), job.gain
         details = {
-            "level": {"input_rms": round(level, 6), "gain_in": round(gain, 6), "gain_out": round(1 / gain, 6)},
-            "wiener": wiener,
+            "level": {"input_rms": round(job.level, 6), "gain_in": round(gain, 6), "gain_out": round(1 / gain, 6)},
+            "wiener": job.wiener,
             "windows": {
-                "count": count,
+                "count": job.count,
                 "tokens_per_window": self.spec.window_tokens,
-                "samples_per_window": size,
-                "step_samples": step,
-                "overlap": round(1 - step / size, 6),
+                "samples_per_window": self.window_samples,
+                "step_samples": job.step,
+                "overlap": round(1 - job.step / self.window_samples, 6),
                 "batch_windows": group,
-                "scores": scores,
-                "likelihood_free_steps": free_steps,
+                "scores": job.scores,
+                "likelihood_free_steps": job.free_steps,
             },
-            **({"tokens": tokens} if keep_tokens else {}),
+            **({"tokens": job.tokens} if job.keep_tokens else {}),
             "timings": {
-                **{k: round(v, 4) for k, v in seconds.items()},
+                **{k: round(v, 4) for k, v in job.seconds.items()},
                 "total_s": round(total, 4),
-                "real_time_factor": round(total / duration, 4) if duration else None,
+                "real_time_factor": round(total / job.duration, 4) if job.duration else None,
             },
         }
         return stems, details

@@ -62,6 +62,38 @@ def test_stems_streamed_to_their_files_equal_the_whole_file_separation(tmp_path)
     assert not list((tmp_path / "out").glob(".lass-partial-*"))
 
 
+def test_short_inputs_searched_together_give_what_each_gives_alone(tmp_path):
+    """Three short inputs (two rates, one stereo) fill one search: each input's stems and report
+    are those of separating it alone, and the report says how many windows were searched at once;
+    --batch-windows 1 keeps them apart."""
+    from lass_cli.registry import load_registry
+    from lass_cli.search import SearchOptions
+    from lass_cli.separate import Separator, pick_device
+
+    songs = {"a": (44100, mix(44100, 0.3, 1, seed=1)), "b": (22050, mix(22050, 0.5, 2, seed=2)),
+             "c": (44100, mix(44100, 0.2, 1, seed=3))}  # fmt: skip
+    for name, (rate, song) in songs.items():
+        sf.write(tmp_path / f"{name}.wav", song.T, rate, subtype="FLOAT")
+    args = ["--beams", "2", "--bits", "32f", "--model", "tiny-random", "--json"]
+    done = lass("separate", "a.wav", "b.wav", "c.wav", "--out", "out", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [entry["status"] for entry in json.loads(done.stdout)["inputs"]] == ["done"] * 3
+    separator = Separator.load(load_registry()["tiny-random"], pick_device("cpu"))
+    reports = {name: json.loads((tmp_path / "out" / name / "report.json").read_text()) for name in songs}
+    together = sum(report["windows"]["count"] for report in reports.values())
+    assert together > 3
+    for name, (rate, song) in songs.items():
+        stems, details = separator.separate(song, rate, SearchOptions(beams=2), overlap=0.25)
+        for stem, samples in stems.items():
+            written = sf.read(tmp_path / "out" / name / f"{stem}.wav", dtype="float32")[0]
+            np.testing.assert_allclose(written, samples, rtol=0, atol=1e-6)
+        assert reports[name]["windows"]["scores"] == pytest.approx(details["windows"]["scores"], abs=1e-3)
+        assert reports[name]["windows"]["batch_windows"] == together
+    apart = lass("separate", "a.wav", "b.wav", "c.wav", "--out", "apart", "--batch-windows", "1", *args, cwd=tmp_path)
+    assert apart.returncode == 0, apart.stderr
+    assert json.loads((tmp_path / "apart" / "b" / "report.json").read_text())["windows"]["batch_windows"] == 1
+
+
 @needs_ffmpeg
 def test_a_subset_of_stems_in_mp3_at_the_input_length(tmp_path):
     rate = 22050
