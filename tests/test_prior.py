@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lass_cli import prior as prior_module
 from lass_cli.checkpoint import CheckpointError
 from lass_cli.prior import Prior, PriorCache, PriorConfig
 
@@ -166,6 +167,18 @@ def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads):
     # Rows scored after the final reorder equal a fresh teacher-forced pass on their histories.
     padded = torch.cat((history, history[:, :1]), 1)
     assert torch.allclose(logits, prior(padded)[:, -1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
+def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
+    prior, other = random_prior(seed=4), random_prior(seed=5)
+    tokens = torch.randint(0, prior.config.bins, (3, 12))
+    assert torch.allclose(run_incremental(prior, tokens), prior(tokens), atol=ATOL, rtol=0)
+    packs = [module._pack for module in prior._projections] + [prior._output_pack]
+    assert all(pack is not None and pack.rows == 3 for pack in packs)
+    prior.load_state_dict(other.state_dict())  # in place: the packs now hold the old weights
+    assert torch.allclose(run_incremental(prior, tokens), other(tokens), atol=ATOL, rtol=0)
+    assert all(module._pack is not pack for module, pack in zip(prior._projections, packs, strict=False))
 
 
 def test_loading_our_own_files_and_configs(tmp_path):
