@@ -383,9 +383,10 @@ class Separator:
         """:meth:`separate` of several short mixtures, (channels, samples) at their rate each, whose
         windows are searched as one batch: a search step costs far less than its rows' share of a
         hundred rows' step (six inputs of 2.5 s went 1.74x faster together than one after another
-        on 2 CPU cores), and each window's tokens are what it gets alone (windows are independent). The encoding and
-        search times are shared out among the inputs by their windows. Not with ``--compat
-        upstream``, which searches a short last window unpadded, on its own."""
+        on 2 CPU cores), and each window's tokens are what it gets alone (windows are
+        independent). The encoding and search times are shared out among the inputs by their
+        windows. Not with ``--compat upstream``, which searches a short last window unpadded, on
+        its own."""
         if options.compat == "upstream":
             raise ValueError("inputs are searched together only without --compat upstream")
         sinks = sinks or [None] * len(mixes)

@@ -178,7 +178,8 @@ def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
     assert all(pack is not None and pack.rows == 3 for pack in packs)
     prior.load_state_dict(other.state_dict())  # in place: the packs now hold the old weights
     assert torch.allclose(run_incremental(prior, tokens), other(tokens), atol=ATOL, rtol=0)
-    assert all(module._pack is not pack for module, pack in zip(prior._projections, packs, strict=False))
+    repacked = [module._pack for module in prior._projections] + [prior._output_pack]
+    assert all(new is not old for new, old in zip(repacked, packs, strict=True))
 
 
 def test_loading_our_own_files_and_configs(tmp_path):
