@@ -13,6 +13,7 @@ Usage examples:
     python benchmarks/search.py --full --beams 10 --windows 4 --steps 64                # small_prior shape
     python benchmarks/search.py --model synth-drums-bass --beams 10 --windows 4 --steps 1024
     python benchmarks/search.py --full --beams 50 --windows 4 --steps 160 --no-upstream
+    python benchmarks/search.py --model synth-drums-bass --beams 100 --windows 8 --steps 1024 --compile  # a GPU
 Prints one table and one JSON line.
 """
 
@@ -132,6 +133,8 @@ class ConcatCache:
     previous-row layers the previous and current rows, column layers every position); a reorder
     indexes every layer's tensor, a copy of the whole cache. Same interface as ``PriorCache``."""
 
+    fixed_shapes = False  # PriorCache's variable-length steps
+
     def __init__(self, config: PriorConfig, rows: int, max_len: int) -> None:
         self.rows, self.max_len, self.t, self.block_ctx = rows, max_len, 0, config.block_ctx
         self._kind = [config.layer_kind(d) for d in range(config.prior_depth)]
@@ -234,6 +237,10 @@ def model_parts(args: argparse.Namespace, device: torch.device, dtype: torch.dty
 def run(mode: str, args: argparse.Namespace) -> dict:
     """One search in this process; returns its timings, tokens and peak memory."""
     priors, likelihood, mixture, device = build(args)
+    if args.compile and mode == "batched":  # compiled, then one untimed search to trace and warm up
+        priors = [prior.compile_step() for prior in priors]
+        with torch.inference_mode():
+            beam_search(priors, likelihood, mixture, args.beams)
     timed = [TimedPrior(p, concat=mode == "upstream") for p in priors]
     gc.collect()
     with SearchMemory(device) as memory:
@@ -277,6 +284,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", help="auto (CPU float32, CUDA float16), float32, float16, bfloat16")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="batched search with the priors' step compiled "
+        "(Prior.compile_step: CUDA graphs on CUDA); timed after one untimed search that compiles",
+    )
     args = parser.parse_args()
 
     ours = in_fresh_process("batched", args)

@@ -56,6 +56,7 @@ class SearchRequest:
     normalize: bool = True
     wiener: bool | None = None  # None: the model's setting
     compat: str = "none"
+    compile_step: bool = False
     quiet: bool = False
 
     def search_options(self, device: torch.device, spec: ModelSpec) -> SearchOptions:
@@ -69,7 +70,10 @@ class SearchRequest:
 
     def load_separator(self, spec: ModelSpec, device: torch.device, options: SearchOptions) -> Separator:
         """The model on its device, in the precision :func:`pick_dtype` gives."""
-        return Separator.load(spec, device, pick_dtype(device, self.dtype, options.compat), weight=self.weight)
+        if self.compile_step and options.compat == "upstream":
+            raise ValueError("--compile rounds differently from the original code: not with --compat upstream")
+        dtype = pick_dtype(device, self.dtype, options.compat)
+        return Separator.load(spec, device, dtype, weight=self.weight, compile_step=self.compile_step)
 
 
 @dataclass(kw_only=True)
@@ -380,6 +384,7 @@ def _write_report(
                   **({"mp3_bitrate": request.mp3_bitrate} if request.fmt == "mp3" else {})},
         device=str(separator.device),
         dtype=str(separator.dtype).removeprefix("torch."),
+        compiled=separator.compiled,
         outputs={stem: str(plan[stem]) for stem in written} | ({"tokens": str(tokens_path)} if tokens_path else {}),
         peaks=peaks,
         **details,

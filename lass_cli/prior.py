@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,14 @@ class _PackedWeight:
         return x.shape[0] == self.rows and not differentiating and self.source == _state(weight)
 
 
+def _compiler_present(device: torch.device) -> bool:
+    """Whether torch.compile's code generator finds its compiler: C++ for CPU kernels, C for the
+    launchers of Triton's CUDA kernels ($CXX / $CC first, as both look there)."""
+    names = ("CC", "cc", "gcc", "clang") if device.type == "cuda" else ("CXX", "c++", "g++", "clang++")
+    variable, *programs = names
+    return any(shutil.which(name) for name in (os.environ.get(variable, ""), *programs) if name)
+
+
 def _state(weight: torch.Tensor) -> tuple[int, int]:
     """Where a weight lies and how often it was changed in place (inference tensors keep no count)."""
     return weight.data_ptr(), 0 if weight.is_inference() else weight._version
@@ -205,16 +215,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     return torch.matmul(torch.softmax(w, dim=-1).to(v.dtype), v)
 
 
-def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int) -> torch.Tensor:
+def _attend_one(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int, visible: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`attend` for one query per row, q (rows, n_state) against keys and values (rows, L,
     n_state), by one fused ``scaled_dot_product_attention`` that reads each head's keys where they
     lie (the cache's gathered layout, no copy): 1.7-1.9x the per-head matmuls and softmax on CPU,
-    equal to them within float rounding (softmax accumulated in float32)."""
+    equal to them within float rounding (softmax accumulated in float32). ``visible`` (L,) bool
+    masks out the keys a fixed-length gather holds beyond what the query may see."""
     rows, length, width = keys.shape
     split = (heads, width // heads)
     q = q.unflatten(1, (heads, 1, width // heads))
     keys, values = (t.unflatten(2, split).transpose(1, 2) for t in (keys, values))
-    return F.scaled_dot_product_attention(q, keys, values).view(rows, width)
+    mask = None if visible is None else visible.view(1, 1, 1, length)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).view(rows, width)
 
 
 class _FactoredAttention(nn.Module):
@@ -255,6 +269,13 @@ class _FactoredAttention(nn.Module):
         """One position for every cached row: x is (rows, width)."""
         qkv = self.c_attn(x)
         q, kv = qkv[:, : qkv.shape[1] // 3], qkv[:, qkv.shape[1] // 3 :]
+        if cache.fixed_shapes:
+            keys, values = cache.store_fixed(layer, kv).chunk(2, dim=-1)
+            if self.kind == PREVIOUS_ROW:  # row 0: nothing to attend to (what was gathered is not read)
+                out = torch.where(cache.previous_row_exists, _attend_one(q, keys, values, self.heads), 0.0)
+            else:
+                out = _attend_one(q, keys, values, self.heads, cache.visible[self.kind])
+            return self.c_proj(out)
         context = cache.store(layer, kv)
         if context is None:  # previous-row layer in row 0: attention to zeros is exactly zero,
             return self.c_proj.b.expand(len(q), -1)  # its projection the bias alone
@@ -326,11 +347,18 @@ class PriorCache:
     ``(layers, kept positions, capacity, 2 * n_state)`` (key and value side by side): row layers a ring
     of one row (``block_ctx`` positions), previous-row layers a ring of two rows, column layers every
     position up to ``max_len``.
+
+    With ``fixed_shapes`` every step gathers the same number of keys per kind (a whole row, every
+    row's position of the column), masking those the query may not see yet, and reads the step
+    from tensors rather than Python numbers: the same computation at every position, which
+    ``torch.compile`` traces once and CUDA graphs replay (:meth:`Prior.compile_step`). Eager it
+    costs more (twice the keys on average), so only compiled priors make such caches.
     """
 
     def __init__(
-        self, config: PriorConfig, rows: int, capacity: int, max_len: int, device: torch.device, dtype: torch.dtype
-    ) -> None:
+        self, config: PriorConfig, rows: int, capacity: int, max_len: int, device: torch.device, dtype: torch.dtype,
+        fixed_shapes: bool = False,
+    ) -> None:  # fmt: skip
         if max_len > config.n_ctx:
             raise ValueError(f"max_len {max_len} exceeds the prior's context of {config.n_ctx}")
         if not 0 < rows <= capacity:
@@ -344,18 +372,44 @@ class PriorCache:
         self._kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
         longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
         width = 2 * config.n_state
-        # Uninitialised: a position is always written before any row reads it.
-        self._stores = {
-            kind: torch.empty(kinds.count(kind), kept, capacity, width, device=device, dtype=dtype)
+        # One flat tensor per kind (what a compiled step writes into in place) and its (layers, kept,
+        # capacity) view. Uninitialised where a position is always written before a row reads it;
+        # zeros with fixed shapes, whose masked keys are read (garbage could be NaN, which a mask
+        # does not remove from a product).
+        new = torch.zeros if fixed_shapes else torch.empty
+        self._flat_stores = {
+            kind: new(kinds.count(kind) * kept * capacity, width, device=device, dtype=dtype)
             for kind, kept in self._kept.items()
         }
-        self._gathered = {
-            kind: torch.empty(capacity * longest[kind], width, device=device, dtype=dtype) for kind in self._kept
+        self._stores = {
+            kind: flat.view(kinds.count(kind), self._kept[kind], capacity, width)
+            for kind, flat in self._flat_stores.items()
         }
         self._ancestry = torch.zeros(capacity, max_len, dtype=torch.long, device=device)
         self._spare_ancestry = torch.empty_like(self._ancestry)
         self._rows_arange = torch.arange(capacity, device=device)
         self._flat_index: dict[int, torch.Tensor | None] = {}
+        self.fixed_shapes = fixed_shapes
+        if fixed_shapes:  # what a step reads, at fixed addresses (CUDA graphs replay them)
+            self._offsets = {kind: torch.arange(n, device=device) for kind, n in longest.items()}
+            self._fixed_index = {kind: torch.zeros(capacity * n, dtype=torch.long, device=device)
+                                 for kind, n in longest.items()}  # fmt: skip
+            self._write = {kind: torch.zeros(capacity, dtype=torch.long, device=device) for kind in longest}
+            self.visible = {kind: torch.zeros(longest[kind], dtype=torch.bool, device=device) for kind in (ROW, COLUMN)}
+            self.previous_row_exists = torch.zeros((), dtype=torch.bool, device=device)
+            self._gathered = {}
+        else:
+            self._gathered = {
+                kind: torch.empty(capacity * longest[kind], width, device=device, dtype=dtype) for kind in self._kept
+            }
+
+    def step_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a step reads or writes besides the weights (for ``mark_static_address``)."""
+        stores = list(self._flat_stores.values())
+        if not self.fixed_shapes:
+            return stores
+        return [*stores, *self._fixed_index.values(), *self._write.values(), *self.visible.values(),
+                self.previous_row_exists]  # fmt: skip
 
     @staticmethod
     def bytes_per_row(config: PriorConfig, max_len: int, dtype: torch.dtype) -> int:
@@ -368,7 +422,7 @@ class PriorCache:
         return positions * 2 * config.n_state * torch.finfo(dtype).bits // 8 + 2 * max_len * 8
 
     def nbytes(self) -> int:
-        tensors = [*self._stores.values(), *self._gathered.values(), self._ancestry, self._spare_ancestry]
+        tensors = [*self.step_tensors(), *self._gathered.values(), self._ancestry, self._spare_ancestry]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def begin_step(self) -> None:
@@ -376,6 +430,8 @@ class PriorCache:
         t, bc, rows = self.t, self.block_ctx, self.rows
         row, col = divmod(t, bc)
         self._ancestry[:rows, t] = self._rows_arange[:rows]
+        if self.fixed_shapes:
+            return self._begin_fixed_step(row, col)
         device = self._ancestry.device
         positions = {
             ROW: torch.arange(row * bc, t + 1, device=device),
@@ -388,6 +444,31 @@ class PriorCache:
                 continue
             ring = (pos % self._kept[kind]) * self.capacity
             self._flat_index[kind] = (ring + self._ancestry[:rows, pos]).reshape(-1)
+
+    def _begin_fixed_step(self, row: int, col: int) -> None:
+        """:meth:`begin_step` with a whole row's positions for row and previous-row layers and every
+        row's for column layers, those not yet written masked (their index is merely in range)."""
+        bc, rows, last = self.block_ctx, self.rows, self.max_len - 1
+        starts = {ROW: (row * bc, 1), COLUMN: (col, bc), PREVIOUS_ROW: (max(row - 1, 0) * bc, 1)}
+        for kind, (start, stride) in starts.items():
+            offsets = self._offsets[kind]
+            pos = (start + stride * offsets).clamp_(max=last)
+            flat = (pos % self._kept[kind]) * self.capacity + self._ancestry[:rows, pos]
+            self._fixed_index[kind][: flat.numel()].copy_(flat.view(-1))
+            torch.add(self._rows_arange, (self.t % self._kept[kind]) * self.capacity, out=self._write[kind])
+        self.visible[ROW].copy_(self._offsets[ROW] <= col)
+        self.visible[COLUMN].copy_(self._offsets[COLUMN] <= row)
+        self.previous_row_exists.fill_(row > 0)
+
+    def store_fixed(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
+        """:meth:`store` for ``fixed_shapes``: (rows, kind's fixed length, 2 * n_state) gathered,
+        of which the kind's ``visible`` positions (previous-row layers: all, from row 1) count."""
+        kind, rows = self._kind[layer], self.rows
+        flat, start = self._flat_stores[kind], self._slot[layer] * self._kept[kind] * self.capacity
+        flat.index_copy_(0, self._write[kind][:rows] + start, kv)  # the whole flat tensor: updated in place
+        length = len(self._offsets[kind])
+        index = self._fixed_index[kind][: rows * length] + start
+        return flat.index_select(0, index).view(rows, length, flat.shape[-1])
 
     def store(self, layer: int, kv: torch.Tensor) -> torch.Tensor | None:
         """Write position ``t``'s keys and values (rows, 2 * n_state) of a layer and return what its
@@ -429,6 +510,7 @@ class Prior(nn.Module):
         self._projections = [module for module in self.modules() if isinstance(module, Conv1D)]
         self._step_rows = 0
         self._output_pack: _PackedWeight | None = None
+        self._compiled: Any = None
         self.eval()
 
     @property
@@ -455,6 +537,8 @@ class Prior(nn.Module):
     def _pack_for(self, rows: int) -> None:
         """Pack the weights for ``rows`` rows once a second step in a row has that many (the first
         step of a beam search has one row per window, the rest B per window)."""
+        if self._compiled is not None:  # the compiler plans its own products
+            return
         if rows == self._step_rows:
             for module in self._projections:
                 module.pack_for(rows)
@@ -480,10 +564,40 @@ class Prior(nn.Module):
 
     def new_cache(self, rows: int, max_len: int | None = None, capacity: int | None = None) -> PriorCache:
         """An empty cache for ``rows`` sequences (up to ``capacity`` after reorders) of up to
-        ``max_len`` tokens (default n_ctx)."""
-        return PriorCache(
-            self.config, rows, capacity or rows, max_len or self.config.n_ctx, self.device, self.compute_dtype
-        )
+        ``max_len`` tokens (default n_ctx); with fixed shapes once the prior is compiled."""
+        cache = PriorCache(
+            self.config, rows, capacity or rows, max_len or self.config.n_ctx, self.device, self.compute_dtype,
+            fixed_shapes=self._compiled is not None,
+        )  # fmt: skip
+        if self._compiled is not None:
+            for tensor in cache.step_tensors():  # updated in place: CUDA graphs may keep their addresses
+                torch._dynamo.mark_static_address(tensor)
+        return cache
+
+    def compile_step(self, mode: str | None = None, backend: Any = "inductor") -> Prior:
+        """Run the step's layers through ``torch.compile`` from now on (``lass separate --compile``).
+
+        Caches made after this have fixed shapes (:class:`PriorCache`), so one graph serves every
+        position: traced once per row count (the first beam-search step, one row per window, runs
+        uncompiled). ``mode`` defaults to ``reduce-overhead`` on CUDA, which replays the step as a
+        CUDA graph (the per-kernel launch cost is most of a step at the embedded model's size), and
+        to the default on a CPU. The compile takes tens of seconds, once per process."""
+        if backend == "inductor" and not _compiler_present(self.device):
+            kind = "C" if self.device.type == "cuda" else "C++"
+            raise ValueError(f"--compile needs a {kind} compiler on this machine (gcc or clang) and none was found")
+        if mode is None and self.device.type == "cuda":
+            mode = "reduce-overhead"
+        for module in self._projections:
+            module._pack = None
+        self._output_pack = None
+        self._compiled = torch.compile(self._layers, mode=mode, backend=backend, fullgraph=True, dynamic=False)
+        return self
+
+    def _layers(self, x: torch.Tensor, cache: PriorCache) -> torch.Tensor:
+        """The transformer and output projection of one step: (rows, width) -> logits (rows, K)."""
+        for layer, block in enumerate(self._blocks()):
+            x = block.step(x, cache, layer)
+        return self._output(x)
 
     @torch.inference_mode()
     def step(self, cache: PriorCache, previous: torch.Tensor | None) -> torch.Tensor:
@@ -504,10 +618,10 @@ class Prior(nn.Module):
         x = (x + ar.pos_emb.pos_emb[cache.t]).to(self.compute_dtype)
         self._pack_for(cache.rows)
         cache.begin_step()
-        for layer, block in enumerate(self._blocks()):
-            x = block.step(x, cache, layer)
+        compiled = self._compiled is not None and cache.fixed_shapes and cache.rows == cache.capacity
+        logits = self._compiled(x.contiguous(), cache) if compiled else self._layers(x, cache)
         cache.t += 1
-        return self._output(x)
+        return logits
 
     @classmethod
     def from_checkpoint(

@@ -226,15 +226,20 @@ class Separator:
     device: torch.device
     dtype: torch.dtype
     files: dict[str, dict[str, Any]]
+    compiled: bool = False
 
     @classmethod
     def load(
-        cls, spec: ModelSpec, device: torch.device, dtype: torch.dtype | None = None, weight: float | None = None
-    ) -> Separator:
-        """Load ``spec`` onto ``device``; priors in ``dtype`` (default: :func:`pick_dtype`)."""
+        cls, spec: ModelSpec, device: torch.device, dtype: torch.dtype | None = None, weight: float | None = None,
+        compile_step: bool = False,
+    ) -> Separator:  # fmt: skip
+        """Load ``spec`` onto ``device``; priors in ``dtype`` (default: :func:`pick_dtype`), their
+        step compiled with ``compile_step`` (:meth:`Prior.compile_step`)."""
         dtype = dtype or pick_dtype(device)
         parts = load_parts(spec)
         priors = tuple(p.to(device).set_compute_dtype(dtype) for p in parts.priors)
+        if compile_step:
+            priors = tuple(p.compile_step() for p in priors)
         weight = spec.likelihood_weight if weight is None else weight
         vqvae = parts.vqvae.to(device)
         if parts.counts is None:
@@ -242,7 +247,7 @@ class Separator:
             likelihood = LatentLikelihood.from_codebook(vqvae.codebook(spec.level), **settings, device=device)
         else:
             likelihood = parts.counts.likelihood(weight, device)
-        return cls(spec, vqvae, priors, likelihood, device, dtype, parts.files)
+        return cls(spec, vqvae, priors, likelihood, device, dtype, parts.files, compile_step)
 
     @property
     def window_samples(self) -> int:

@@ -148,6 +148,23 @@ def test_model_and_usage_errors(tmp_path):
     assert reference.returncode == 1 and "STEM=PATH" in reference.stderr
     assert lass("separate", cwd=tmp_path).returncode == 2
     assert lass("separate", "a.wav", "--beams", "0", cwd=tmp_path).returncode == 2
+    upstream = lass("separate", "a.wav", "--model", "tiny-random", "--compile", "--compat", "upstream", cwd=tmp_path)
+    assert upstream.returncode == 1 and upstream.stderr.count("\n") == 1 and "--compile" in upstream.stderr
+
+
+def test_compiled_step_chooses_the_same_tokens(tmp_path):
+    """``--compile`` through the real compiler (inductor on CPU): the same search decisions."""
+    sf.write(tmp_path / "a.wav", mix(22050, 1.0, 1).T, 22050)
+    runs = {}
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        args = ("separate", "a.wav", "--out", name, "--model", "tiny-random", "--save-tokens", f"{name}.npz", *flags)
+        result = lass(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        runs[name] = check_outputs(tmp_path / name, "a", 22050, 22050)
+        assert runs[name]["compiled"] == (name == "compiled")
+    eager, compiled = (np.load(tmp_path / f"{name}.npz") for name in ("eager", "compiled"))
+    for stem in ("drums", "bass"):
+        np.testing.assert_array_equal(eager[stem], compiled[stem])
 
 
 def test_references_add_metrics(tmp_path):

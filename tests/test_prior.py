@@ -182,6 +182,55 @@ def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
     assert all(new is not old for new, old in zip(repacked, packs, strict=True))
 
 
+class CountingBackend:
+    """A ``torch.compile`` backend that runs the captured graph as is and counts the captures."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, inputs: list) -> object:
+        self.graphs += 1
+        return graph.forward
+
+
+@pytest.mark.parametrize("overrides", [{}, {"heads": 1, "blocks": 6, "res_scale": True}, {"n_ctx": 40, "blocks": 4}])
+def test_compiled_steps_trace_once_and_match_the_eager_ones(overrides):
+    prior = random_prior(seed=6, **overrides)
+    tokens = torch.randint(0, prior.config.bins, (3, prior.config.n_ctx))
+    expected = prior(tokens)
+    backend = CountingBackend()
+    prior.compile_step(backend=backend)
+    for length in (prior.config.n_ctx, 13):  # a shorter window: other column lengths, one more graph
+        logits = run_incremental(prior, tokens[:, :length])
+        assert torch.allclose(logits, expected[:, :length], atol=ATOL, rtol=0)
+    assert backend.graphs == 2  # one per cache shape, not one per position
+    cache = prior.new_cache(rows=1, max_len=8)
+    assert cache.fixed_shapes and not PriorCache(prior.config, 1, 1, 8, prior.device, torch.float32).fixed_shapes
+
+
+def test_compiled_steps_follow_reorders_with_repeats_and_drops():
+    """Rows repeated, dropped and the row count changing: compiled at full capacity, eager (with the
+    same fixed-shape cache) below it; the result is still the teacher-forced pass of the histories."""
+    prior = random_prior(seed=7)
+    backend = CountingBackend()
+    prior.compile_step(backend=backend)
+    generator = torch.Generator().manual_seed(1)
+    rows, length = 4, 40
+    cache = prior.new_cache(rows=1, max_len=length, capacity=rows)
+    history = torch.zeros(1, 0, dtype=torch.long)
+    prior.step(cache, None)
+    for t in range(length - 1):
+        count = rows if t % 3 else int(torch.randint(1, rows + 1, (1,), generator=generator))
+        index = torch.randint(0, len(history), (count,), generator=generator)
+        cache.reorder(index)
+        new = torch.randint(0, prior.config.bins, (count,), generator=generator)
+        history = torch.cat((history[index], new[:, None]), 1)
+        logits = prior.step(cache, new)
+    padded = torch.cat((history, history[:, :1]), 1)
+    assert torch.allclose(logits, prior(padded)[:, -1], atol=ATOL, rtol=0)
+    assert backend.graphs == 1
+
+
 def test_loading_our_own_files_and_configs(tmp_path):
     prior = random_prior(seed=3)
     tokens = torch.randint(0, prior.config.bins, (1, 20))
@@ -229,6 +278,14 @@ def test_cuda_matches_cpu(prior_reference, dtype):
     logits = run_incremental(prior, torch.from_numpy(prior_reference["tokens"]).cuda()).cpu()
     tolerance = ATOL if dtype == torch.float32 else 0.1
     assert np.abs(logits.numpy() - prior_reference["inc_logits"]).max() <= tolerance
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_cuda_step_replays_as_the_eager_one(prior_reference):
+    """``reduce-overhead``: the step replayed as a CUDA graph, its caches updated in place."""
+    prior = Prior.from_checkpoint(jukebox_fixture("prior.pth.tar"), device="cuda").compile_step()
+    logits = run_incremental(prior, torch.from_numpy(prior_reference["tokens"]).cuda()).cpu()
+    assert np.abs(logits.numpy() - prior_reference["inc_logits"]).max() <= ATOL
 
 
 def test_cache_size_is_known_before_allocating():
