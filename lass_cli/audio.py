@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 FORMATS = ("wav", "flac", "mp3")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma", ".mp4")
@@ -74,6 +73,8 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Resample along the last axis at the exact ratio; length ``ceil(n * to / from)``."""
     if from_rate == to_rate:
         return audio
+    from scipy.signal import resample_poly  # here: scipy.signal takes a second to import, often unneeded
+
     ratio = Fraction(to_rate, from_rate)
     return resample_poly(audio, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32, copy=False)
 
@@ -192,6 +193,8 @@ class Resampler:
         ready = total if final else max(self.emitted, (self.received - self.context) * self.up // self.down)
         if ready <= self.emitted or not len(self.kept):
             return np.zeros(0, np.float32)
+        from scipy.signal import resample_poly
+
         out = resample_poly(self.kept, self.up, self.down).astype(np.float32, copy=False)
         first = self.start * self.up // self.down  # the output index of out[0]
         out = out[self.emitted - first : ready - first]

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .allocator import keep_freed_memory
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -99,6 +100,7 @@ registry_option = click.option(
 @click.version_option(__version__, prog_name="lass")
 def main() -> None:
     """Separate drums and bass from music with Latent Autoregressive Source Separation."""
+    keep_freed_memory()
 
 
 class DefaultGroup(click.Group):
