@@ -149,24 +149,29 @@ def test_shorter_sequences_score_like_the_full_prefix():
         assert torch.allclose(prior(tokens[:, :length]), full[:, :length], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("heads", [1, 4])
-def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads):
-    prior = random_prior(seed=2, heads=heads)
-    generator = torch.Generator().manual_seed(0)
-    rows, length = 5, 30
+def check_random_reorders(prior: Prior, rows: int, length: int, seed: int, full_every: int = 0) -> None:
+    """Steps with random reorders (rows repeated and dropped, their count changing; every
+    ``full_every``-th step all ``rows``): the rows scored after the last reorder equal a fresh
+    teacher-forced pass on their histories."""
+    generator = torch.Generator().manual_seed(seed)
     cache = prior.new_cache(rows=1, max_len=length, capacity=rows)
     history = torch.zeros(1, 0, dtype=torch.long)
     logits = prior.step(cache, None)
-    for _t in range(length - 1):
-        count = int(torch.randint(1, rows + 1, (1,), generator=generator))
+    for t in range(length - 1):
+        random_count = int(torch.randint(1, rows + 1, (1,), generator=generator))
+        count = rows if full_every and t % full_every else random_count
         index = torch.randint(0, len(history), (count,), generator=generator)
         cache.reorder(index)
         new = torch.randint(0, prior.config.bins, (count,), generator=generator)
         history = torch.cat((history[index], new[:, None]), 1)
         logits = prior.step(cache, new)
-    # Rows scored after the final reorder equal a fresh teacher-forced pass on their histories.
     padded = torch.cat((history, history[:, :1]), 1)
     assert torch.allclose(logits, prior(padded)[:, -1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads):
+    check_random_reorders(random_prior(seed=2, heads=heads), rows=5, length=30, seed=0)
 
 
 @pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
@@ -214,20 +219,7 @@ def test_compiled_steps_follow_reorders_with_repeats_and_drops():
     prior = random_prior(seed=7)
     backend = CountingBackend()
     prior.compile_step(backend=backend)
-    generator = torch.Generator().manual_seed(1)
-    rows, length = 4, 40
-    cache = prior.new_cache(rows=1, max_len=length, capacity=rows)
-    history = torch.zeros(1, 0, dtype=torch.long)
-    prior.step(cache, None)
-    for t in range(length - 1):
-        count = rows if t % 3 else int(torch.randint(1, rows + 1, (1,), generator=generator))
-        index = torch.randint(0, len(history), (count,), generator=generator)
-        cache.reorder(index)
-        new = torch.randint(0, prior.config.bins, (count,), generator=generator)
-        history = torch.cat((history[index], new[:, None]), 1)
-        logits = prior.step(cache, new)
-    padded = torch.cat((history, history[:, :1]), 1)
-    assert torch.allclose(logits, prior(padded)[:, -1], atol=ATOL, rtol=0)
+    check_random_reorders(prior, rows=4, length=40, seed=1, full_every=3)
     assert backend.graphs == 1
 
 
