@@ -10,7 +10,8 @@ the efficiency. "streamed" is the same matmul cycling through as many bytes of d
 the prior has, so that, as in a step, the weights come from memory rather than from the cache; on a
 machine with little memory bandwidth per core it is the nearer limit. The late position is reached
 by filling the cache with random keys and setting its position, not by stepping through the window
-(the step's cost does not depend on the keys).
+(the step's cost does not depend on the keys). The C allocator keeps freed blocks, as the `lass`
+command sets it (``lass_cli.allocator``): a step's activations are reused, not faulted in anew.
 
 It then derives, from the same FLOP count and a count of the bytes a step moves, an estimate for
 the full-size model at B = 100 (both priors, 1 and 8 windows at once) on one H100 SXM and one RTX
@@ -32,6 +33,7 @@ import time
 
 import torch
 
+from lass_cli.allocator import keep_freed_memory
 from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig, _linear, _PackedWeight
 from lass_cli.registry import load_registry, require
 
@@ -139,6 +141,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-full", action="store_true", help="only the embedded model's priors")
     args = parser.parse_args()
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

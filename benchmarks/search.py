@@ -7,6 +7,7 @@ straightforward port of the original: one window at a time, caches grown by conc
 copied on every reorder (:class:`ConcatCache`), all candidates' scores sorted. Per step it reports
 the time inside the two prior calls and the time in the rest (scoring, top-B, reordering), the time
 per token, the memory each search added at its peak, the speed-up and whether the tokens agree.
+Both processes keep freed memory in the C allocator, as the `lass` command does (``lass_cli.allocator``).
 
 Usage examples:
     python benchmarks/search.py --width 128 --depth 4 --beams 10 --windows 8            # small priors
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lass_cli.allocator import keep_freed_memory
 from lass_cli.likelihood import Counts, Likelihood
 from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig
 from lass_cli.search import beam_search
@@ -196,6 +198,7 @@ def upstream_style(priors, likelihood, mixture: torch.Tensor, beams: int) -> tup
 
 def build(args: argparse.Namespace) -> tuple[list[Prior], Likelihood, torch.Tensor, torch.device]:
     """Priors, likelihood and mixture tokens, the same in every process (seeded)."""
+    keep_freed_memory()
     device = torch.device(args.device)
     dtype = pick_dtype(device, args.dtype)
     if args.threads:

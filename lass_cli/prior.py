@@ -295,8 +295,9 @@ class _ResAttnBlock(nn.Module):
         self.res_scale = 1.0 / config.prior_depth if config.res_scale else 1.0
 
     def _residual(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        m = self.mlp(self.ln_1(x + a))
-        return x + a + m if self.res_scale == 1.0 else x + self.res_scale * (a + m)
+        h = x + a
+        m = self.mlp(self.ln_1(h))
+        return h + m if self.res_scale == 1.0 else x + self.res_scale * (a + m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._residual(x, self.attn(self.ln_0(x)))

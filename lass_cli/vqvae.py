@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_strict, read_checkpoint, write_safetensors
@@ -195,6 +196,70 @@ class _Encoder(nn.Module):
         return x
 
 
+class _Upsample(nn.ConvTranspose1d):
+    """The decoder's transposed conv (kernel 2s, stride s, padding s / 2), computed as s phases.
+
+    Output sample ``s n + r`` is ``P_r x[n + q_r - 1] + Q_r x[n + q_r] + b`` (``r + s / 2 = s q_r +
+    c``, ``P_r = W_{c+s}^T``, ``Q_r = W_c^T``): one ordinary two-tap conv gives every phase, and the
+    phases are interleaved. On CPU 1.8-1.9x the transposed conv at the embedded decoder's two
+    longest outputs, where most of its time was oneDNN reordering its output (``docs/benchmarks.md``);
+    equal within float rounding. Other shapes run the transposed conv itself."""
+
+    def phases(self) -> list[tuple[int, torch.Tensor, torch.Tensor]] | None:
+        """``(q_r, P_r, Q_r)`` of each phase r, each weight (out, in); None for other shapes."""
+        (stride,), (kernel,), (padding,) = self.stride, self.kernel_size, self.padding
+        if kernel != 2 * stride or 2 * padding != stride or self.output_padding != (0,) or self.groups != 1:
+            return None
+        out = []
+        for r in range(stride):
+            q, c = divmod(r + padding, stride)
+            out.append((q, self.weight[:, :, c + stride].T, self.weight[:, :, c].T))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        phases = self.phases()
+        if phases is None:
+            return super().forward(x)
+        stride, length = len(phases), x.shape[-1]
+        weight = torch.cat([torch.stack((p, q), -1) for _, p, q in phases])  # taps at x[m - 1], x[m]
+        bias = None if self.bias is None else self.bias.repeat(stride)
+        taps = F.conv1d(F.pad(x, (1, 1)), weight, bias).unflatten(1, (stride, self.out_channels))
+        return _interleave([taps[:, r, :, q : q + length] for r, (q, _, _) in enumerate(phases)])
+
+
+def _interleave(phases: list[torch.Tensor]) -> torch.Tensor:
+    """(batch, channels, L) phases r -> (batch, channels, s L) with sample ``s n + r`` from phase r."""
+    return torch.stack(phases, -1).flatten(-2)
+
+
+def _upsample_then_conv(up: _Upsample, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(up(x))`` for the decoder's last transposed conv and its output conv (kernel 3,
+    padding 1), as one conv from x to each output phase: the E-channel signal at the full rate
+    between them is never made (on CPU its conv and interleave were a third of a decode). Where
+    the output conv reads its zero padding (the first and the last sample) that is computed
+    apart, from the first and the last three inputs."""
+    phases = up.phases()
+    plain = conv.kernel_size != (3,) or conv.padding != (1,) or conv.stride != (1,) or conv.dilation != (1,)
+    if phases is None or plain or conv.groups != 1 or x.shape[-1] < 3:
+        return conv(up(x))
+    stride, v = len(phases), conv.weight  # v: (C, E, 3), taps at y[o - 1], y[o], y[o + 1]
+    weight = v.new_zeros(stride, v.shape[0], x.shape[1], 5)  # taps at x[n - 2] .. x[n + 2]
+    bias = conv.bias.clone() if conv.bias is not None else v.new_zeros(v.shape[0])
+    if up.bias is not None:
+        bias += v.sum(2) @ up.bias
+    for r in range(stride):
+        for t in (-1, 0, 1):
+            shift, rho = divmod(r + t, stride)  # y[s n + r + t] is phase rho at n + shift
+            q, p, w = phases[rho]
+            weight[r, :, :, shift + q + 1] += v[:, :, t + 1] @ p
+            weight[r, :, :, shift + q + 2] += v[:, :, t + 1] @ w
+    z = F.conv1d(x, weight.flatten(0, 1), bias.repeat(stride), padding=2).unflatten(1, (stride, v.shape[0]))
+    z = _interleave(list(z.unbind(1)))
+    z[..., 0] = conv(up(x[..., :3]))[..., 0]
+    z[..., -1] = conv(up(x[..., -3:]))[..., -1]
+    return z
+
+
 class _DecoderStage(nn.Module):
     """A conv from ``emb_width``, then residual stack + transposed conv, ``downs_t[i]`` times."""
 
@@ -206,7 +271,7 @@ class _DecoderStage(nn.Module):
         layers: list[nn.Module] = [nn.Conv1d(emb, width, 3, 1, 1)]
         for j in range(downs):
             channels_out = emb if j == downs - 1 else width
-            up = nn.ConvTranspose1d(width, channels_out, 2 * stride, stride, stride // 2)
+            up = _Upsample(width, channels_out, 2 * stride, stride, stride // 2)
             layers.append(nn.Sequential(_ResidualStack(width, depth, config, reverse), up))
         self.model = nn.Sequential(*layers)
 
@@ -221,9 +286,13 @@ class _Decoder(nn.Module):
         self.out = nn.Conv1d(config.emb_width, 1, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in reversed(self.level_blocks):
+        *stages, last = reversed(self.level_blocks)
+        for stage in stages:
             x = stage(x)
-        return self.out(x)
+        *body, (stack, up) = last.model  # the last transposed conv meets the output conv
+        for module in body:
+            x = module(x)
+        return _upsample_then_conv(up, self.out, stack(x))
 
 
 class _Codebook(nn.Module):

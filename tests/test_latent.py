@@ -136,7 +136,7 @@ def test_bad_latents_and_settings_are_rejected():
 
 @pytest.mark.parametrize("values", ["distinct", "ties", "clustered"])
 def test_top_indices_in_passes_are_the_plain_top_k(values):
-    """The blockwise top k (three passes here) gives the values of a plain topk, largest first, at
+    """The blockwise top k (three passes here) gives the values of a plain topk, in some order, at
     distinct indices: with many equal values (the quantised average's ties) and with the best all
     in a few blocks."""
     generator = torch.Generator().manual_seed(0)
@@ -147,9 +147,32 @@ def test_top_indices_in_passes_are_the_plain_top_k(values):
         x[:, 96:160] += 10  # the 64 largest fill two blocks of 32
     k = 32
     index = top_indices(x, k)
-    assert torch.equal(x.gather(1, index), x.topk(k, dim=1).values)
+    assert torch.equal(x.gather(1, index).sort(1, descending=True).values, x.topk(k, dim=1).values)
     assert all(len(set(row.tolist())) == k for row in index)
     if values == "distinct":
-        assert torch.equal(index, x.topk(k, dim=1).indices)
+        assert torch.equal(index.sort(1).values, x.topk(k, dim=1).indices.sort(1).values)
     small = x[:, :100]  # too few values for blocks: the plain topk
-    assert torch.equal(top_indices(small, k), small.topk(k, dim=1).indices)
+    assert torch.equal(top_indices(small, k).sort(1).values, small.topk(k, dim=1).indices.sort(1).values)
+
+
+@pytest.mark.parametrize("average", ["quantized", "continuous"])
+@pytest.mark.parametrize("top_pairs", [1, 40, 300, 64 * 64])
+def test_best_pairs_from_half_the_grid_are_the_whole_grids_best(average, top_pairs):
+    """The likelihood-best pairs ranked over the pairs i <= j and mirrored (K a multiple of 16;
+    the whole grid where top_pairs is too large for that) score as the whole grid's best, each pair
+    once, both orders of a pair where it is chosen."""
+    generator = torch.Generator().manual_seed(top_pairs)
+    e = torch.randn(64, 4, generator=generator)
+    likelihood = LatentLikelihood.from_codebook(e, sigma=0.5, top_k=2, average=average, top_pairs=top_pairs)
+    plan = likelihood.plan(torch.randn(3, 5, 4, generator=generator))
+    terms = likelihood._step_terms(plan, 2)
+    z1, z2 = likelihood._best_pairs(plan, terms)
+    every = torch.arange(64 * 64).expand(3, -1)
+    grid = likelihood._scores(terms, every // 64, every % 64)
+    chosen = likelihood._scores(terms, z1, z2)
+    assert torch.equal(chosen.sort(1, descending=True).values, grid.topk(top_pairs, dim=1).values)
+    assert all(len(set(row.tolist())) == top_pairs for row in z1 * 64 + z2)
+    assert (likelihood._half is not None) == (top_pairs != 64 * 64)  # all pairs: the whole grid
+    for a, b, score in zip(z1.tolist(), z2.tolist(), chosen):  # above the k-th value: both orders
+        row = set(zip(a, b))
+        assert all((j, i) in row for (i, j), s in zip(zip(a, b), score.tolist()) if s > score.min())

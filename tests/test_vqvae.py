@@ -242,3 +242,23 @@ def test_decoder_reach_bounds_where_a_token_changes_the_audio(levels, downs, str
     first, last = int(moved[0]) // hop, int(moved[-1]) // hop
     assert where - reach <= first and last <= where + reach  # the change stays within the reach
     assert where - first >= reach // 3  # and the bound is not wildly loose
+
+
+@pytest.mark.parametrize(("stride", "length"), [(2, 37), (4, 9), (3, 11), (2, 3), (2, 2)])
+def test_phased_upsampling_equals_the_transposed_conv(stride, length):
+    """The decoder's transposed conv by phases, alone and fused with the output conv, equals the
+    plain transposed conv (and then the conv) within float rounding, edges included; odd strides
+    (other shapes) and inputs too short to fuse take the plain path. Gradients flow (training)."""
+    from lass_cli.vqvae import _Upsample, _upsample_then_conv
+
+    torch.manual_seed(stride * 100 + length)
+    up = _Upsample(6, 5, 2 * stride, stride, stride // 2)
+    conv = torch.nn.Conv1d(5, 2, 3, 1, 1)
+    x = torch.randn(3, 6, length, requires_grad=True)
+    plain = torch.nn.ConvTranspose1d.forward(up, x)
+    assert up.phases() is None if stride % 2 else len(up.phases()) == stride
+    torch.testing.assert_close(up(x), plain, atol=1e-6, rtol=0)
+    fused = _upsample_then_conv(up, conv, x)
+    torch.testing.assert_close(fused, conv(plain), atol=1e-6, rtol=0)
+    fused.sum().backward()
+    assert x.grad is not None and up.weight.grad is not None
