@@ -174,6 +174,8 @@ class Conv1D(nn.Module):
         self._pack = _PackedWeight.of(self.w.t(), rows, self._pack)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # a step's rows
+            return _linear(x, self.w.t(), self.b, self._pack)
         out = _linear(x.reshape(-1, x.shape[-1]), self.w.t(), self.b, self._pack)
         return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -509,7 +511,7 @@ class Prior(nn.Module):
         self.config = config
         self.prior = _Autoregressive(config)
         self._projections = [module for module in self.modules() if isinstance(module, Conv1D)]
-        self._step_rows = 0
+        self._step_rows = self._packed_rows = 0
         self._output_pack: _PackedWeight | None = None
         self._compiled: Any = None
         self.eval()
@@ -537,13 +539,17 @@ class Prior(nn.Module):
 
     def _pack_for(self, rows: int) -> None:
         """Pack the weights for ``rows`` rows once a second step in a row has that many (the first
-        step of a beam search has one row per window, the rest B per window)."""
+        step of a beam search has one row per window, the rest B per window). Checked once per
+        cache and row count, not every step (a check of every weight costs a millisecond a step
+        at full size); a weight changed in place meanwhile is not multiplied by its stale pack
+        (:meth:`_PackedWeight.applies`) but unpacked until the next cache."""
         if self._compiled is not None:  # the compiler plans its own products
             return
-        if rows == self._step_rows:
+        if rows == self._step_rows and rows != self._packed_rows:
             for module in self._projections:
                 module.pack_for(rows)
             self._output_pack = _PackedWeight.of(self.prior.x_out.weight, rows, self._output_pack)
+            self._packed_rows = rows
         self._step_rows = rows
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -570,6 +576,7 @@ class Prior(nn.Module):
             self.config, rows, capacity or rows, max_len or self.config.n_ctx, self.device, self.compute_dtype,
             fixed_shapes=self._compiled is not None,
         )  # fmt: skip
+        self._packed_rows = 0  # the packs are checked again at this cache's second step
         if self._compiled is not None:
             for tensor in cache.step_tensors():  # updated in place: CUDA graphs may keep their addresses
                 torch._dynamo.mark_static_address(tensor)
