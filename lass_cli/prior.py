@@ -576,7 +576,7 @@ class Prior(nn.Module):
             self.config, rows, capacity or rows, max_len or self.config.n_ctx, self.device, self.compute_dtype,
             fixed_shapes=self._compiled is not None,
         )  # fmt: skip
-        self._packed_rows = 0  # the packs are checked again at this cache's second step
+        self._packed_rows = 0  # the packs are checked again for this cache
         if self._compiled is not None:
             for tensor in cache.step_tensors():  # updated in place: CUDA graphs may keep their addresses
                 torch._dynamo.mark_static_address(tensor)

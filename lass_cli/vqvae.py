@@ -208,7 +208,8 @@ class _Upsample(nn.ConvTranspose1d):
     def phases(self) -> list[tuple[int, torch.Tensor, torch.Tensor]] | None:
         """``(q_r, P_r, Q_r)`` of each phase r, each weight (out, in); None for other shapes."""
         (stride,), (kernel,), (padding,) = self.stride, self.kernel_size, self.padding
-        if kernel != 2 * stride or 2 * padding != stride or self.output_padding != (0,) or self.groups != 1:
+        plain = self.output_padding != (0,) or self.dilation != (1,) or self.groups != 1
+        if plain or kernel != 2 * stride or 2 * padding != stride:
             return None
         out = []
         for r in range(stride):
@@ -216,10 +217,10 @@ class _Upsample(nn.ConvTranspose1d):
             out.append((q, self.weight[:, :, c + stride].T, self.weight[:, :, c].T))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         phases = self.phases()
-        if phases is None:
-            return super().forward(x)
+        if phases is None or output_size is not None or x.dim() != 3:
+            return super().forward(x, output_size)
         stride, length = len(phases), x.shape[-1]
         weight = torch.cat([torch.stack((p, q), -1) for _, p, q in phases])  # taps at x[m - 1], x[m]
         bias = None if self.bias is None else self.bias.repeat(stride)
@@ -240,7 +241,7 @@ def _upsample_then_conv(up: _Upsample, conv: nn.Conv1d, x: torch.Tensor) -> torc
     apart, from the first and the last three inputs."""
     phases = up.phases()
     plain = conv.kernel_size != (3,) or conv.padding != (1,) or conv.stride != (1,) or conv.dilation != (1,)
-    if phases is None or plain or conv.groups != 1 or x.shape[-1] < 3:
+    if phases is None or plain or conv.groups != 1 or conv.padding_mode != "zeros" or x.dim() != 3 or x.shape[-1] < 3:
         return conv(up(x))
     stride, v = len(phases), conv.weight  # v: (C, E, 3), taps at y[o - 1], y[o], y[o + 1]
     weight = v.new_zeros(stride, v.shape[0], x.shape[1], 5)  # taps at x[n - 2] .. x[n + 2]
@@ -289,9 +290,12 @@ class _Decoder(nn.Module):
         *stages, last = reversed(self.level_blocks)
         for stage in stages:
             x = stage(x)
-        *body, (stack, up) = last.model  # the last transposed conv meets the output conv
+        *body, final = last.model
+        if not isinstance(final, nn.Sequential):  # downs_t[0] = 0: no transposed conv to fuse
+            return self.out(last(x))
         for module in body:
             x = module(x)
+        stack, up = final  # the last transposed conv meets the output conv
         return _upsample_then_conv(up, self.out, stack(x))
 
 

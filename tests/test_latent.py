@@ -170,9 +170,11 @@ def test_best_pairs_from_half_the_grid_are_the_whole_grids_best(average, top_pai
     every = torch.arange(64 * 64).expand(3, -1)
     grid = likelihood._scores(terms, every // 64, every % 64)
     chosen = likelihood._scores(terms, z1, z2)
-    assert torch.equal(chosen.sort(1, descending=True).values, grid.topk(top_pairs, dim=1).values)
+    # The ranking sums in another order than the scores: near ties may change places, not values.
+    torch.testing.assert_close(chosen.sort(1, descending=True).values, grid.topk(top_pairs, dim=1).values,
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
     assert all(len(set(row.tolist())) == top_pairs for row in z1 * 64 + z2)
     assert (likelihood._half is not None) == (top_pairs != 64 * 64)  # all pairs: the whole grid
     for a, b, score in zip(z1.tolist(), z2.tolist(), chosen):  # above the k-th value: both orders
         row = set(zip(a, b))
-        assert all((j, i) in row for (i, j), s in zip(zip(a, b), score.tolist()) if s > score.min())
+        assert all((j, i) in row for (i, j), s in zip(zip(a, b), score.tolist()) if s > score.min() + 1e-4)

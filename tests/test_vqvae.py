@@ -247,8 +247,8 @@ def test_decoder_reach_bounds_where_a_token_changes_the_audio(levels, downs, str
 @pytest.mark.parametrize(("stride", "length"), [(2, 37), (4, 9), (3, 11), (2, 3), (2, 2)])
 def test_phased_upsampling_equals_the_transposed_conv(stride, length):
     """The decoder's transposed conv by phases, alone and fused with the output conv, equals the
-    plain transposed conv (and then the conv) within float rounding, edges included; odd strides
-    (other shapes) and inputs too short to fuse take the plain path. Gradients flow (training)."""
+    plain transposed conv (and then the conv) within float rounding, edges included, and so do the
+    gradients (training); odd strides (other shapes) and inputs too short to fuse take the plain path."""
     from lass_cli.vqvae import _Upsample, _upsample_then_conv
 
     torch.manual_seed(stride * 100 + length)
@@ -258,7 +258,26 @@ def test_phased_upsampling_equals_the_transposed_conv(stride, length):
     plain = torch.nn.ConvTranspose1d.forward(up, x)
     assert up.phases() is None if stride % 2 else len(up.phases()) == stride
     torch.testing.assert_close(up(x), plain, atol=1e-6, rtol=0)
+    expected = conv(plain)
+    grads = torch.autograd.grad(expected.square().sum(), (x, up.weight, up.bias, conv.weight, conv.bias))
     fused = _upsample_then_conv(up, conv, x)
-    torch.testing.assert_close(fused, conv(plain), atol=1e-6, rtol=0)
-    fused.sum().backward()
-    assert x.grad is not None and up.weight.grad is not None
+    torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
+    for ours, theirs in zip(torch.autograd.grad(fused.square().sum(), (x, up.weight, up.bias, conv.weight, conv.bias)),
+                            grads, strict=True):  # fmt: skip
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_last_stage_without_upsampling_decodes_as_before(monkeypatch):
+    """downs_t[0] = 0 leaves the last decoder stage without a transposed conv: nothing to fuse, the
+    plain path (as with every phase turned off) runs."""
+    from lass_cli import vqvae as vqvae_module
+
+    config = VQVAEConfig(levels=2, downs_t=(0, 1), strides_t=(2, 2), emb_width=4, l_bins=8, width=4, depth=1,
+                         hvqvae_multipliers=(1, 1))  # fmt: skip
+    torch.manual_seed(0)
+    model = VQVAE(config)
+    tokens = torch.randint(0, 8, (2, 5))
+    phased = model.decode(tokens, 1)
+    monkeypatch.setattr(vqvae_module._Upsample, "phases", lambda self: None)
+    torch.testing.assert_close(phased, model.decode(tokens, 1), atol=1e-6, rtol=0)
+    assert phased.shape == (2, 5 * model.hop_length(1))
