@@ -6,12 +6,18 @@ counts: the time of one incremental step early (t < 128) and late (t > 896) in t
 step's FLOPs (projections, MLPs, attention over what each layer reads, the output projection) and
 the GFLOP/s it achieves; in the same run, the GFLOP/s of a plain matmul of the step's largest
 shape (rows x width by width x K, the output projection) at the same row count; their ratio is
-the efficiency. "streamed" is the same matmul cycling through as many bytes of distinct weights as
-the prior has, so that, as in a step, the weights come from memory rather than from the cache; on a
-machine with little memory bandwidth per core it is the nearer limit. The late position is reached
-by filling the cache with random keys and setting its position, not by stepping through the window
-(the step's cost does not depend on the keys). The C allocator keeps freed blocks, as the `lass`
-command sets it (``lass_cli.allocator``): a step's activations are reused, not faulted in anew.
+the efficiency. Steps and rounds of that matmul alternate, and each figure is the best of its
+timings (the least disturbed by the shared machine; the steps' median goes to the JSON): timed
+apart, the matmul gave 191 and 281 GFLOP/s in two runs of one hour, the steps about the same.
+"streamed" is the same matmul cycling through as many bytes of distinct weights as the prior has,
+so that, as in a step, the weights come from memory rather than from the cache; on a machine with
+little memory bandwidth per core it is the nearer limit. The late position is reached by filling
+the cache with random keys and setting its position, not by stepping through the window (the
+step's cost does not depend on the keys), with two ancestries: rows whose histories a window's
+beams share (the keys a layer gathers come from the cache) and rows each with its own (they come
+from memory); a real search lies between (``step_timer``). The C allocator keeps freed blocks, as
+the `lass` command sets it (``lass_cli.allocator``): a step's activations are reused, not faulted
+in anew.
 
 It then derives, from the same FLOP count and a count of the bytes a step moves, an estimate for
 the full-size model at B = 100 (both priors, 1 and 8 windows at once) on one H100 SXM and one RTX
@@ -27,9 +33,10 @@ Prints one table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -39,7 +46,9 @@ from lass_cli.registry import load_registry, require
 
 WINDOW = 1024
 POSITIONS = {"early": 100, "late": 900}
-ROUNDS = 5  # the matmul's best of five timings: on a shared machine, the nearest to its limit
+HISTORIES = ("shared", "distinct")
+BEAMS = 10  # rows per window, for shared histories
+ROUNDS = 5  # the reference matmuls' best of five timings: on a shared machine, the nearest to the limit
 
 
 def attended(config: PriorConfig, t: int) -> dict[int, int]:
@@ -96,25 +105,34 @@ def gpu_estimates(beams: int = 100, windows: tuple[int, ...] = (1, 8)) -> list[d
     return out
 
 
-def time_step(prior: Prior, rows: int, t: int, repeats: int) -> float:
-    """Seconds of one step of ``rows`` rows at position t (median of ``repeats``)."""
+def step_timer(prior: Prior, rows: int, t: int, histories: str) -> Callable[[], float]:
+    """A function timing one step of ``rows`` rows at position t, in seconds. ``histories``:
+    "shared", every ``BEAMS`` rows (a window's beams) descend from one row at every earlier position,
+    so the keys a layer gathers for them are the same few and come from the cache; "distinct", each
+    row has its own, all gathered keys come from memory. A search lies between: beams share their
+    older positions and differ in the recent ones."""
     cache = prior.new_cache(rows=rows, max_len=WINDOW)
     for store in cache._stores.values():
         store.normal_()
-    cache.t = t
+    slots = torch.arange(rows)
+    cache._ancestry[:rows] = (slots if histories == "distinct" else slots // BEAMS * BEAMS)[:, None]
     previous = torch.randint(0, prior.config.bins, (rows,))
-    times = []
-    for _ in range(repeats + 2):  # two to warm up: the second packs the weights for these rows
+
+    def one() -> float:
         cache.t = t
         start = time.perf_counter()
         prior.step(cache, previous)
-        times.append(time.perf_counter() - start)
-    return sorted(times[2:])[repeats // 2]
+        return time.perf_counter() - start
+
+    one(), one()  # to warm up: the second packs the weights for these rows
+    return one
 
 
-def matmul_gflops(rows: int, n_in: int, n_out: int, repeats: int, weight_bytes: int = 0, packed: bool = False) -> float:
-    """GFLOP/s of (rows x n_in) by (n_in x n_out), the best of ``ROUNDS`` timings. With
-    ``weight_bytes``, the product cycles through that many bytes of distinct weight matrices, so
+def matmul_timer(
+    rows: int, n_in: int, n_out: int, repeats: int, weight_bytes: int = 0, packed: bool = False
+) -> Callable[[], float]:
+    """A function timing ``repeats`` products (rows x n_in) by (n_in x n_out), in GFLOP/s. With
+    ``weight_bytes``, the products cycle through that many bytes of distinct weight matrices, so
     each one comes from memory, not from the cache, as in a prior step, which reads every layer's
     weights once. ``packed``: by the step's own projection (MKL's packed GEMM where it applies)
     instead of ``torch.mm``."""
@@ -122,23 +140,29 @@ def matmul_gflops(rows: int, n_in: int, n_out: int, repeats: int, weight_bytes: 
     a, weights = torch.randn(rows, n_in), [torch.randn(n_in, n_out) for _ in range(count)]
     packs = [_PackedWeight.of(w.t(), rows, None) if packed else None for w in weights]
     products = max(repeats, 2 * count)
-    best = math.inf
-    for _ in range(ROUNDS + 1):
+
+    def one() -> float:
         start = time.perf_counter()
         for i in range(products):
             if packed:
                 _linear(a, weights[i % count].t(), None, packs[i % count])
             else:
                 torch.mm(a, weights[i % count])
-        best = min(best, time.perf_counter() - start)
-    return 2 * rows * n_in * n_out * products / best / 1e9
+        return 2 * rows * n_in * n_out * products / (time.perf_counter() - start) / 1e9
+
+    one()  # to warm up
+    return one
+
+
+def best_gflops(timer: Callable[[], float]) -> float:
+    return max(timer() for _ in range(ROUNDS))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1,10,40,100")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="steps per line, each after a hot matmul")
     parser.add_argument("--no-full", action="store_true", help="only the embedded model's priors")
     args = parser.parse_args()
     keep_freed_memory()
@@ -155,25 +179,30 @@ def main() -> None:
         config = prior.config
         weight_bytes = sum(p.numel() * p.element_size() for p in prior.parameters())
         for rows in [int(r) for r in args.rows.split(",")]:
-            limit = matmul_gflops(rows, config.prior_width, config.bins, 20)
-            streamed = matmul_gflops(rows, config.prior_width, config.bins, 20, weight_bytes)
-            packed = matmul_gflops(rows, config.prior_width, config.bins, 20, packed=True)
-            for where, t in POSITIONS.items():
-                seconds = time_step(prior, rows, t, args.repeats)
+            hot = matmul_timer(rows, config.prior_width, config.bins, 20)
+            streamed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, weight_bytes))
+            packed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, packed=True))
+            for histories, (where, t) in itertools.product(HISTORIES, POSITIONS.items()):
+                step, times, limit = step_timer(prior, rows, t, histories), [], 0.0
+                for _ in range(args.repeats):  # alternately, so that both see the machine's same moments
+                    limit = max(limit, hot())
+                    times.append(step())
+                seconds, median = min(times), sorted(times)[len(times) // 2]
                 flops = rows * step_flops(config, t)
                 gflops = flops / seconds / 1e9
-                results.append({"model": name, "rows": rows, "position": where, "t": t, "ms": 1000 * seconds,
+                results.append({"model": name, "rows": rows, "histories": histories, "position": where, "t": t,
+                                "ms": 1000 * seconds, "ms_median": 1000 * median,
                                 "gflop": flops / 1e9, "gflops": gflops, "matmul_gflops": limit,
                                 "efficiency": gflops / limit, "matmul_streamed_gflops": streamed,
                                 "efficiency_streamed": gflops / streamed, "matmul_packed_gflops": packed,
                                 "efficiency_packed": gflops / packed})  # fmt: skip
     print(
-        f"{'model':<24} {'rows':>5} {'pos':>6} {'ms/step':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'matmul':>8} {'eff':>6} "
-        f"{'streamed':>9} {'eff':>6} {'packed':>8} {'eff':>6}"
+        f"{'model':<24} {'rows':>5} {'histories':>9} {'pos':>6} {'ms/step':>9} {'GFLOP':>8} {'GFLOP/s':>8} "
+        f"{'matmul':>8} {'eff':>6} {'streamed':>9} {'eff':>6} {'packed':>8} {'eff':>6}"
     )
     for r in results:
-        print(f"{r['model']:<24} {r['rows']:>5} {r['position']:>6} {r['ms']:>9.2f} {r['gflop']:>8.3f} "
-              f"{r['gflops']:>8.1f} {r['matmul_gflops']:>8.1f} {r['efficiency']:>6.0%} "
+        print(f"{r['model']:<24} {r['rows']:>5} {r['histories']:>9} {r['position']:>6} {r['ms']:>9.2f} "
+              f"{r['gflop']:>8.3f} {r['gflops']:>8.1f} {r['matmul_gflops']:>8.1f} {r['efficiency']:>6.0%} "
               f"{r['matmul_streamed_gflops']:>9.1f} {r['efficiency_streamed']:>6.0%} "
               f"{r['matmul_packed_gflops']:>8.1f} {r['efficiency_packed']:>6.0%}")  # fmt: skip
     estimates = gpu_estimates()
