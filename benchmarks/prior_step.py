@@ -8,7 +8,7 @@ the GFLOP/s it achieves; in the same run, the GFLOP/s of a plain matmul of the s
 shape (rows x width by width x K, the output projection) at the same row count; their ratio is
 the efficiency. Steps and rounds of that matmul alternate, and each figure is the best of its
 timings (the least disturbed by the shared machine; the steps' median goes to the JSON): timed
-apart, the matmul gave 191 and 281 GFLOP/s in two runs of one hour, the steps about the same.
+apart, the matmul gave 191 and 281 GFLOP/s in two runs of one hour, the steps moved far less.
 "streamed" is the same matmul cycling through as many bytes of distinct weights as the prior has,
 so that, as in a step, the weights come from memory rather than from the cache; on a machine with
 little memory bandwidth per core it is the nearer limit. The late position is reached by filling

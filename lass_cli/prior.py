@@ -608,6 +608,7 @@ class Prior(nn.Module):
         key = (packing, *(_state(module.w) for module in self._projections))
         if key == self._plan_key:
             return
+        self._plan = []  # the old plan's packs go as the new ones come, not after
         self._plan = [_StepLayer.of(block, packing) for block in self._blocks()]
         if packing:
             self._output_pack = _PackedWeight.of(self.prior.x_out.weight, rows, self._output_pack)
