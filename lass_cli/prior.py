@@ -457,11 +457,19 @@ class PriorCache:
             self._write = {kind: torch.zeros(capacity, dtype=torch.long, device=device) for kind in longest}
             self.visible = {kind: torch.zeros(longest[kind], dtype=torch.bool, device=device) for kind in (ROW, COLUMN)}
             self.previous_row_exists = torch.zeros((), dtype=torch.bool, device=device)
-            self._gathered = {}
+            self._gathered, self._index_buffers = {}, {}
         else:
             self._gathered = {
                 kind: torch.empty(capacity * longest[kind], width, device=device, dtype=dtype) for kind in self._kept
             }
+            # Made once, filled every step (:meth:`begin_step`): the rows of each kind's flat store that
+            # position t goes to, and where the keys a kind reads lie (ring offset plus writing slot).
+            self._index_buffers = {
+                kind: torch.empty(capacity * longest[kind], dtype=torch.long, device=device) for kind in self._kept
+            }
+            self._write_index = {kind: torch.empty(capacity, dtype=torch.long, device=device) for kind in self._kept}
+            self._ring_offsets = {kind: torch.arange(n, device=device) * capacity for kind, n in self._kept.items()}
+            self._layer_flat = [self._stores[kind][slot].view(-1, width) for kind, slot in zip(kinds, self._slot)]
 
     def step_tensors(self) -> list[torch.Tensor]:
         """Every tensor a step reads or writes besides the weights (for ``mark_static_address``)."""
@@ -473,37 +481,40 @@ class PriorCache:
 
     @staticmethod
     def bytes_per_row(config: PriorConfig, max_len: int, dtype: torch.dtype) -> int:
-        """Memory one row of a cache takes (keys, values, gather buffers, ancestry)."""
+        """Memory one row of a cache takes (keys, values, gather buffers and their indices, ancestry)."""
         bc = config.block_ctx
         kinds = [config.layer_kind(d) for d in range(config.prior_depth)]
         kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
         longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
         positions = sum(kinds.count(k) * kept[k] + longest[k] for k in kept)
-        return positions * 2 * config.n_state * torch.finfo(dtype).bits // 8 + 2 * max_len * 8
+        indices = sum(longest.values()) + 2 * max_len  # gather indices, ancestry and its spare (int64)
+        return positions * 2 * config.n_state * torch.finfo(dtype).bits // 8 + indices * 8
 
     def nbytes(self) -> int:
-        tensors = [*self.step_tensors(), *self._gathered.values(), self._ancestry, self._spare_ancestry]
+        tensors = [*self.step_tensors(), *self._gathered.values(), *self._index_buffers.values(), self._ancestry,
+                   self._spare_ancestry]  # fmt: skip
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def begin_step(self) -> None:
-        """Work out, once per step, where each kind's keys for position ``t`` lie in its store."""
+        """Work out, once per step, where position ``t``'s keys go and where those each kind reads lie."""
         t, bc, rows = self.t, self.block_ctx, self.rows
         row, col = divmod(t, bc)
         self._ancestry[:rows, t] = self._rows_arange[:rows]
         if self.fixed_shapes:
             return self._begin_fixed_step(row, col)
-        device = self._ancestry.device
-        positions = {
-            ROW: torch.arange(row * bc, t + 1, device=device),
-            COLUMN: torch.arange(col, t + 1, bc, device=device),
-            PREVIOUS_ROW: torch.arange((row - 1) * bc, row * bc, device=device) if row else None,
-        }
-        for kind, pos in positions.items():
-            if pos is None:
+        spans = {ROW: (row * bc, t + 1, 1), COLUMN: (col, t + 1, bc), PREVIOUS_ROW: ((row - 1) * bc, row * bc, 1)}
+        for kind, (start, stop, stride) in spans.items():
+            kept = self._kept[kind]
+            torch.add(self._rows_arange[:rows], (t % kept) * self.capacity, out=self._write_index[kind][:rows])
+            if kind == PREVIOUS_ROW and not row:
                 self._flat_index[kind] = None
                 continue
-            ring = (pos % self._kept[kind]) * self.capacity
-            self._flat_index[kind] = (ring + self._ancestry[:rows, pos]).reshape(-1)
+            # A kind's positions never wrap around its ring: their ring offsets are one strided slice.
+            first, length = start % kept, len(range(start, stop, stride))
+            ring = self._ring_offsets[kind][first : first + (length - 1) * stride + 1 : stride]
+            index = self._index_buffers[kind][: rows * length]
+            torch.add(self._ancestry[:rows, start:stop:stride], ring, out=index.view(rows, length))
+            self._flat_index[kind] = index
 
     def _begin_fixed_step(self, row: int, col: int) -> None:
         """:meth:`begin_step` with a whole row's positions for row and previous-row layers and every
@@ -533,15 +544,14 @@ class PriorCache:
     def store(self, layer: int, kv: torch.Tensor) -> torch.Tensor | None:
         """Write position ``t``'s keys and values (rows, 2 * n_state) of a layer and return what its
         queries attend to, (rows, L, 2 * n_state); None where that is nothing (row 0, previous row)."""
-        kind, slot = self._kind[layer], self._slot[layer]
-        store = self._stores[kind][slot]
-        store[self.t % self._kept[kind], : self.rows] = kv
+        kind, flat = self._kind[layer], self._layer_flat[layer]
+        flat.index_copy_(0, self._write_index[kind][: self.rows], kv)
         index = self._flat_index[kind]
         if index is None:
             return None
         out = self._gathered[kind][: index.numel()]
-        torch.index_select(store.view(-1, store.shape[-1]), 0, index, out=out)
-        return out.view(self.rows, -1, store.shape[-1])
+        torch.index_select(flat, 0, index, out=out)
+        return out.view(self.rows, -1, flat.shape[-1])
 
     def reorder(self, index: torch.Tensor) -> None:
         """Make row i continue old row ``index[i]``; rows may repeat or vanish, the count change."""
