@@ -6,12 +6,14 @@ counts: the time of one incremental step early (t < 128) and late (t > 896) in t
 step's FLOPs (projections, MLPs, attention over what each layer reads, the output projection) and
 the GFLOP/s it achieves; in the same run, the GFLOP/s of a plain matmul of the step's largest
 shape (rows x width by width x K, the output projection) at the same row count; their ratio is
-the efficiency. Steps and rounds of that matmul alternate, and each figure is the best of its
-timings (the least disturbed by the shared machine; the steps' median goes to the JSON): timed
-apart, the matmul gave 191 and 281 GFLOP/s in two runs of one hour, the steps moved far less.
-"streamed" is the same matmul cycling through as many bytes of distinct weights as the prior has,
-so that, as in a step, the weights come from memory rather than from the cache; on a machine with
-little memory bandwidth per core it is the nearer limit. The late position is reached by filling
+the efficiency. Steps and rounds of that matmul alternate (timed apart, the matmul gave 191 and
+281 GFLOP/s in two runs of one hour, the steps moved far less); the reference is the best round of
+all the lines of a row count, the step its best of ``--repeats`` ("eff", the least disturbed by the
+shared machine) and its median ("(med)"). "streamed" is the same matmul cycling through as many
+bytes of distinct weights as the prior has, so that, as in a step, the weights come from memory
+rather than from the cache; on a machine with little memory bandwidth per core it is the nearer
+limit. It and "packed" (the step's own packed product, hot) are timed once per row count, before
+the steps. The late position is reached by filling
 the cache with random keys and setting its position, not by stepping through the window (the
 step's cost does not depend on the keys), with two ancestries: rows whose histories a window's
 beams share (the keys a layer gathers come from the cache) and rows each with its own (they come
@@ -182,29 +184,33 @@ def main() -> None:
             hot = matmul_timer(rows, config.prior_width, config.bins, 20)
             streamed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, weight_bytes))
             packed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, packed=True))
+            lines, limit = [], 0.0  # one reference per row count: the best matmul round of all its lines
             for histories, (where, t) in itertools.product(HISTORIES, POSITIONS.items()):
-                step, times, limit = step_timer(prior, rows, t, histories), [], 0.0
+                step, times = step_timer(prior, rows, t, histories), []
                 for _ in range(args.repeats):  # alternately, so that both see the machine's same moments
                     limit = max(limit, hot())
                     times.append(step())
-                seconds, median = min(times), sorted(times)[len(times) // 2]
                 flops = rows * step_flops(config, t)
-                gflops = flops / seconds / 1e9
-                results.append({"model": name, "rows": rows, "histories": histories, "position": where, "t": t,
-                                "ms": 1000 * seconds, "ms_median": 1000 * median,
-                                "gflop": flops / 1e9, "gflops": gflops, "matmul_gflops": limit,
-                                "efficiency": gflops / limit, "matmul_streamed_gflops": streamed,
-                                "efficiency_streamed": gflops / streamed, "matmul_packed_gflops": packed,
-                                "efficiency_packed": gflops / packed})  # fmt: skip
+                lines.append({"model": name, "rows": rows, "histories": histories, "position": where, "t": t,
+                              "ms_best": 1000 * min(times), "ms_median": 1000 * sorted(times)[len(times) // 2],
+                              "gflop": flops / 1e9, "gflops": flops / min(times) / 1e9})  # fmt: skip
+            for line in lines:
+                gflops, median_gflops = line["gflops"], line["gflop"] / line["ms_median"] * 1e3
+                line.update({"matmul_gflops": limit, "efficiency": gflops / limit,
+                             "efficiency_median": median_gflops / limit, "matmul_streamed_gflops": streamed,
+                             "efficiency_streamed": gflops / streamed, "matmul_packed_gflops": packed,
+                             "efficiency_packed": gflops / packed})  # fmt: skip
+            results.extend(lines)
     print(
-        f"{'model':<24} {'rows':>5} {'histories':>9} {'pos':>6} {'ms/step':>9} {'GFLOP':>8} {'GFLOP/s':>8} "
-        f"{'matmul':>8} {'eff':>6} {'streamed':>9} {'eff':>6} {'packed':>8} {'eff':>6}"
+        f"{'model':<24} {'rows':>5} {'histories':>9} {'pos':>6} {'best ms':>8} {'median':>7} {'GFLOP':>7} "
+        f"{'GFLOP/s':>8} {'matmul':>7} {'eff':>5} {'(med)':>5} {'streamed':>9} {'eff':>5} {'packed':>7} {'eff':>5}"
     )
     for r in results:
-        print(f"{r['model']:<24} {r['rows']:>5} {r['histories']:>9} {r['position']:>6} {r['ms']:>9.2f} "
-              f"{r['gflop']:>8.3f} {r['gflops']:>8.1f} {r['matmul_gflops']:>8.1f} {r['efficiency']:>6.0%} "
-              f"{r['matmul_streamed_gflops']:>9.1f} {r['efficiency_streamed']:>6.0%} "
-              f"{r['matmul_packed_gflops']:>8.1f} {r['efficiency_packed']:>6.0%}")  # fmt: skip
+        print(f"{r['model']:<24} {r['rows']:>5} {r['histories']:>9} {r['position']:>6} {r['ms_best']:>8.2f} "
+              f"{r['ms_median']:>7.2f} {r['gflop']:>7.3f} {r['gflops']:>8.1f} {r['matmul_gflops']:>7.1f} "
+              f"{r['efficiency']:>5.0%} {r['efficiency_median']:>5.0%} "
+              f"{r['matmul_streamed_gflops']:>9.1f} {r['efficiency_streamed']:>5.0%} "
+              f"{r['matmul_packed_gflops']:>7.1f} {r['efficiency_packed']:>5.0%}")  # fmt: skip
     estimates = gpu_estimates()
     print("\nEstimate (not measured), full-size model, B = 100, both priors, fp16:")
     print(f"{'gpu':<10} {'windows':>7} {'GFLOP':>8} {'GB':>6} {'bound ms':>9} {'+launch ms':>11} {'s/window':>9}")

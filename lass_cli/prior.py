@@ -457,7 +457,7 @@ class PriorCache:
             self._write = {kind: torch.zeros(capacity, dtype=torch.long, device=device) for kind in longest}
             self.visible = {kind: torch.zeros(longest[kind], dtype=torch.bool, device=device) for kind in (ROW, COLUMN)}
             self.previous_row_exists = torch.zeros((), dtype=torch.bool, device=device)
-            self._gathered, self._index_buffers = {}, {}
+            self._gathered, self._index_buffers, self._write_index = {}, {}, {}
         else:
             self._gathered = {
                 kind: torch.empty(capacity * longest[kind], width, device=device, dtype=dtype) for kind in self._kept
@@ -487,12 +487,13 @@ class PriorCache:
         kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
         longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
         positions = sum(kinds.count(k) * kept[k] + longest[k] for k in kept)
-        indices = sum(longest.values()) + 2 * max_len  # gather indices, ancestry and its spare (int64)
+        # int64: gather indices, write rows (one per kind), the rows' numbers, ancestry and its spare
+        indices = sum(longest.values()) + len(kept) + 1 + 2 * max_len
         return positions * 2 * config.n_state * torch.finfo(dtype).bits // 8 + indices * 8
 
     def nbytes(self) -> int:
-        tensors = [*self.step_tensors(), *self._gathered.values(), *self._index_buffers.values(), self._ancestry,
-                   self._spare_ancestry]  # fmt: skip
+        tensors = [*self.step_tensors(), *self._gathered.values(), *self._index_buffers.values(),
+                   *self._write_index.values(), self._rows_arange, self._ancestry, self._spare_ancestry]  # fmt: skip
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def begin_step(self) -> None:
@@ -578,7 +579,7 @@ class Prior(nn.Module):
         self.config = config
         self.prior = _Autoregressive(config)
         self._projections = [module for module in self.modules() if isinstance(module, Conv1D)]
-        self._step_rows = 0
+        self._step_rows = self._packed_rows = 0
         self._plan: list[_StepLayer] = []
         self._plan_key: tuple = ()
         self._output_pack: _PackedWeight | None = None
@@ -595,9 +596,20 @@ class Prior(nn.Module):
 
     def set_compute_dtype(self, dtype: torch.dtype) -> Prior:
         """Cast the projections (the bulk of the weights) to ``dtype``; the rest stays float32."""
+        self._forget_plan()
         for module in self._projections:
             module.to(dtype)
         return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Prior:
+        """``to``, ``cuda``, ``half``...: the step plan and packs would keep the old tensors alive."""
+        self._forget_plan()
+        return super()._apply(fn, recurse)
+
+    def _forget_plan(self) -> None:
+        self._plan, self._plan_key, self._output_pack, self._packed_rows = [], (), None, 0
+        for module in self._projections:
+            module._pack = None
 
     def _blocks(self) -> nn.ModuleList:
         return self.prior.transformer._attn_mods
@@ -608,20 +620,24 @@ class Prior(nn.Module):
 
     def _step_plan(self, rows: int) -> None:
         """Make the plan of a step of ``rows`` rows (:class:`_StepLayer`), anew only when the row
-        count to pack for or a projection's weight changed. The weights are packed for ``rows``
+        count to pack for or a weight of the products changed. The weights are packed for ``rows``
         once a second step in a row has that many (the first step of a beam search has one row per
-        window, the rest B per window); a weight changed in place (loading, training) or moved
-        (a cast) is noticed at the next step: its data pointer and version counter are compared
-        every step (45 us at full size) and it is packed again."""
-        packing = rows if rows == self._step_rows and self._compiled is None else 0  # compiled: its own products
+        window, the rest B per window), and used for that many again whenever they are packed. A
+        weight changed in place (loading, training) is noticed at the next step: the data pointers
+        and version counters of the products' weights are compared every step (45 us at full size),
+        and it is packed again. Parameters replaced by new tensor objects rather than loaded in
+        place are seen from the next cache on (:meth:`new_cache` forgets the plan)."""
+        packing = rows if rows in (self._step_rows, self._packed_rows) and self._compiled is None else 0
         self._step_rows = rows
-        key = (packing, *(_state(module.w) for module in self._projections))
+        weights = (*(module.w for module in self._projections), self.prior.x_out.weight)
+        key = (packing, *(_state(weight) for weight in weights))
         if key == self._plan_key:
             return
         self._plan = []  # the old plan's packs go as the new ones come, not after
         self._plan = [_StepLayer.of(block, packing) for block in self._blocks()]
         if packing:
             self._output_pack = _PackedWeight.of(self.prior.x_out.weight, rows, self._output_pack)
+            self._packed_rows = rows
         self._plan_key = key
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -648,6 +664,7 @@ class Prior(nn.Module):
             self.config, rows, capacity or rows, max_len or self.config.n_ctx, self.device, self.compute_dtype,
             fixed_shapes=self._compiled is not None,
         )  # fmt: skip
+        self._plan_key = ()  # the plan is made again (its packs kept while they hold)
         if self._compiled is not None:
             for tensor in cache.step_tensors():  # updated in place: CUDA graphs may keep their addresses
                 torch._dynamo.mark_static_address(tensor)
@@ -666,9 +683,7 @@ class Prior(nn.Module):
             raise ValueError(f"--compile needs a {kind} compiler on this machine (gcc or clang) and none was found")
         if mode is None and self.device.type == "cuda":
             mode = "reduce-overhead"
-        for module in self._projections:
-            module._pack = None
-        self._output_pack, self._plan_key = None, ()
+        self._forget_plan()
         self._compiled = torch.compile(self._layers, mode=mode, backend=backend, fullgraph=True, dynamic=False)
         return self
 

@@ -187,6 +187,30 @@ def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
     assert all(new is not old for new, old in zip(repacked, packs, strict=True))
 
 
+@pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
+def test_step_plan_packs_for_a_row_count_once_and_follows_replaced_parameters():
+    prior = random_prior(seed=8)
+    tokens = torch.randint(0, prior.config.bins, (3, 12))
+    cache = prior.new_cache(rows=3, max_len=12)
+    packed = lambda: [layer.qkv[3] for layer in prior._plan]  # noqa: E731
+    prior.step(cache, None)
+    prior.step(cache, tokens[:, 0])  # a second step with 3 rows: packed for 3
+    assert all(pack is not None and pack.rows == 3 for pack in packed())
+    cache.reorder(torch.tensor([0, 2]))
+    prior.step(cache, tokens[:2, 1])
+    assert all(pack is None for pack in packed())
+    cache.reorder(torch.tensor([0, 1, 1]))
+    prior.step(cache, tokens[:, 2])  # back to 3 rows: the packs for 3 at once, as the step before
+    assert all(pack is not None and pack.rows == 3 for pack in packed())
+    block = prior._blocks()[0]  # a parameter replaced by a new tensor is seen from the next cache on
+    block.ln_0.weight = torch.nn.Parameter(torch.randn_like(block.ln_0.weight), requires_grad=False)
+    cache = prior.new_cache(rows=3, max_len=12)  # 3 rows again: the same packs
+    logits = [prior.step(cache, None)] + [prior.step(cache, tokens[:, t - 1]) for t in range(1, 12)]
+    assert torch.allclose(torch.stack(logits, 1), prior(tokens), atol=ATOL, rtol=0)
+    prior.to("cpu")  # a move or cast lets go of the plan and the packs (they would hold the old tensors)
+    assert prior._plan == [] and all(module._pack is None for module in prior._projections)
+
+
 class CountingBackend:
     """A ``torch.compile`` backend that runs the captured graph as is and counts the captures."""
 
