@@ -15,9 +15,13 @@ rather than from the cache; on a machine with little memory bandwidth per core i
 limit. It and "packed" (the step's own packed product, hot) are timed once per row count, before
 the steps. The late position is reached by filling
 the cache with random keys and setting its position, not by stepping through the window (the
-step's cost does not depend on the keys), with two ancestries: rows whose histories a window's
-beams share (the keys a layer gathers come from the cache) and rows each with its own (they come
-from memory); a real search lies between (``step_timer``). The C allocator keeps freed blocks, as
+step's cost does not depend on the keys), with three ancestries (which earlier row each row's key
+at each position comes from): "shared", every window's beams one history (the keys a layer gathers
+come from the cache); "search", the ancestry a real beam search has at that position (the bundled
+model's, B = 10, on the example's first windows, its reorders replayed), where a window's beams
+share most of their keys and differ in the last few positions; "distinct", every row its own
+history from the first position (they come from memory), a bound that no beam search reaches
+(``step_timer``). The C allocator keeps freed blocks, as
 the `lass` command sets it (``lass_cli.allocator``): a step's activations are reused, not faulted
 in anew.
 
@@ -45,10 +49,11 @@ import torch
 from lass_cli.allocator import keep_freed_memory
 from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig, _linear, _PackedWeight
 from lass_cli.registry import load_registry, require
+from lass_cli.search import beam_search
 
 WINDOW = 1024
 POSITIONS = {"early": 100, "late": 900}
-HISTORIES = ("shared", "distinct")
+HISTORIES = ("shared", "search", "distinct")
 BEAMS = 10  # rows per window, for shared histories
 ROUNDS = 5  # the reference matmuls' best of five timings: on a shared machine, the nearest to the limit
 
@@ -107,17 +112,62 @@ def gpu_estimates(beams: int = 100, windows: tuple[int, ...] = (1, 8)) -> list[d
     return out
 
 
-def step_timer(prior: Prior, rows: int, t: int, histories: str) -> Callable[[], float]:
-    """A function timing one step of ``rows`` rows at position t, in seconds. ``histories``:
-    "shared", every ``BEAMS`` rows (a window's beams) descend from one row at every earlier position,
-    so the keys a layer gathers for them are the same few and come from the cache; "distinct", each
-    row has its own, all gathered keys come from memory. A search lies between: beams share their
-    older positions and differ in the recent ones."""
+def search_ancestries(rows: int, positions: list[int]) -> dict[int, torch.Tensor]:
+    """The ancestry tables (rows, t) of a real beam search at each position t: the bundled model's
+    search (B = ``BEAMS``, fewer for fewer rows) over ``rows // B`` windows of the example, its
+    reorders noted and replayed. Entry (i, p): the row slot that wrote the key row i reads at p."""
+    from search import model_parts  # benchmarks/search.py
+
+    beams = min(rows, BEAMS)
+    spec = argparse.Namespace(model="synth-drums-bass", windows=rows // beams, steps=max(positions) + 1)
+    priors, likelihood, observed, _ = model_parts(spec, torch.device("cpu"), torch.float32)
+    reorders: list[torch.Tensor] = []
+    beam_search((_Noted(priors[0], reorders), priors[1]), likelihood, observed, beams)
+    ancestry, tables = torch.zeros(rows // beams, 0, dtype=torch.long), {}
+    for t, index in enumerate(reorders, start=1):
+        ancestry = torch.cat((ancestry, torch.arange(len(ancestry))[:, None]), 1)[index]
+        if t in positions:
+            tables[t] = ancestry
+    return tables
+
+
+class _Noted:
+    """A prior whose caches note every reorder (a search's parent rows, step by step) in ``log``."""
+
+    def __init__(self, prior: Prior, log: list[torch.Tensor]) -> None:
+        self.prior, self.log = prior, log
+
+    def new_cache(self, rows: int, max_len: int | None = None, capacity: int | None = None):
+        cache = self.prior.new_cache(rows, max_len, capacity)
+        reorder = cache.reorder
+
+        def noted(index: torch.Tensor) -> None:
+            self.log.append(index.clone())
+            reorder(index)
+
+        cache.reorder = noted
+        return cache
+
+    def step(self, cache, previous: torch.Tensor | None) -> torch.Tensor:
+        return self.prior.step(cache, previous)
+
+
+def ancestry_of(histories: str, rows: int, t: int, searched: dict[int, torch.Tensor]) -> torch.Tensor:
+    """(rows, t): "shared", every ``BEAMS`` rows (a window's beams) descend from one row at every
+    earlier position; "distinct", each row from itself; "search", the recorded search's."""
+    if histories == "search":
+        return searched[t]
+    slots = torch.arange(rows)
+    return (slots if histories == "distinct" else slots // BEAMS * BEAMS)[:, None].expand(rows, t)
+
+
+def step_timer(prior: Prior, rows: int, t: int, ancestry: torch.Tensor) -> Callable[[], float]:
+    """A function timing one step of ``rows`` rows at position t, in seconds, the cache's keys
+    random and its ancestry (rows, t) given (:func:`ancestry_of`)."""
     cache = prior.new_cache(rows=rows, max_len=WINDOW)
     for store in cache._stores.values():
         store.normal_()
-    slots = torch.arange(rows)
-    cache._ancestry[:rows] = (slots if histories == "distinct" else slots // BEAMS * BEAMS)[:, None]
+    cache._ancestry[:rows, :t] = ancestry
     previous = torch.randint(0, prior.config.bins, (rows,))
 
     def one() -> float:
@@ -167,6 +217,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="steps per line, each after a hot matmul")
     parser.add_argument("--no-full", action="store_true", help="only the embedded model's priors")
     args = parser.parse_args()
+    if any(int(r) > BEAMS and int(r) % BEAMS for r in args.rows.split(",")):
+        parser.error(f"--rows: above {BEAMS}, multiples of {BEAMS} (windows of {BEAMS} beams)")
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,17 +228,20 @@ def main() -> None:
         models["small_prior (full)"] = Prior(PriorConfig()).requires_grad_(False)
     spec = load_registry()["synth-drums-bass"]
     models["synth-drums-bass drums"] = Prior.from_checkpoint(require(spec, spec.priors["drums"]))
-    results = []
+    results, searched = [], {}
     for name, prior in models.items():
         config = prior.config
         weight_bytes = sum(p.numel() * p.element_size() for p in prior.parameters())
         for rows in [int(r) for r in args.rows.split(",")]:
+            if rows not in searched:
+                searched[rows] = search_ancestries(rows, list(POSITIONS.values()))
             hot = matmul_timer(rows, config.prior_width, config.bins, 20)
             streamed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, weight_bytes))
             packed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, packed=True))
             lines, limit = [], 0.0  # one reference per row count: the best matmul round of all its lines
             for histories, (where, t) in itertools.product(HISTORIES, POSITIONS.items()):
-                step, times = step_timer(prior, rows, t, histories), []
+                ancestry = ancestry_of(histories, rows, t, searched[rows])
+                step, times = step_timer(prior, rows, t, ancestry), []
                 for _ in range(args.repeats):  # alternately, so that both see the machine's same moments
                     limit = max(limit, hot())
                     times.append(step())

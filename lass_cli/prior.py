@@ -232,6 +232,39 @@ def _attend_one(
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).view(rows, width)
 
 
+class _Groups(NamedTuple):
+    """Rows that attend to the same keys, laid out ``count`` groups of ``size`` (:meth:`PriorCache.begin_step`):
+    row i is query ``place[i]`` of the padded layout, group ``place[i] // size``; the padding's queries
+    are computed and dropped."""
+
+    place: torch.Tensor
+    size: int
+    count: int
+    queries: torch.Tensor
+
+
+def _attend_grouped(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int, groups: _Groups
+) -> torch.Tensor:
+    """:func:`_attend_one` where rows of a group share one copy of their keys and values
+    (groups.count, L, n_state): each group's queries stand on the head axis of one
+    ``scaled_dot_product_attention`` call against keys repeated by a zero stride, so the keys are
+    gathered and read from memory once per group, not per row. Every query is still attended on
+    its own, as :func:`_attend_one` does (bitwise the same result): one call per head, as the zero
+    stride of the group's members and the heads' stride make no single axis."""
+    count, length, width = keys.shape
+    dim = width // heads
+    padded = groups.queries.index_copy_(0, groups.place, q).view(count, groups.size, heads, dim)
+    k, v = (t.view(count, 1, length, heads, dim) for t in (keys, values))
+    shape = (count, groups.size, length, dim)
+    out = [
+        F.scaled_dot_product_attention(padded[:, :, h, None], k[..., h, :].expand(shape), v[..., h, :].expand(shape))
+        for h in range(heads)
+    ]
+    merged = out[0] if heads == 1 else torch.cat(out, dim=-1)
+    return merged.view(count * groups.size, width).index_select(0, groups.place)
+
+
 class _FactoredAttention(nn.Module):
     def __init__(self, config: PriorConfig, kind: int) -> None:
         super().__init__()
@@ -359,7 +392,12 @@ def _block_step(layer: _StepLayer, index: int, x: torch.Tensor, cache: PriorCach
             a = layer.attn_out[2].expand(len(q), -1)  # its projection the bias alone
         else:
             keys, values = context.chunk(2, dim=-1)
-            a = _project(_attend_one(q, keys, values, layer.heads), layer.attn_out)
+            groups = cache.previous_row_groups if layer.kind == PREVIOUS_ROW else None
+            if groups is None:
+                out = _attend_one(q, keys, values, layer.heads)
+            else:
+                out = _attend_grouped(q, keys, values, layer.heads, groups)
+            a = _project(out, layer.attn_out)
     h = x + a
     m = _project(_quick_gelu(_project(_norm(h, layer.ln_1, layer.eps), layer.fc)), layer.mlp_out)
     return _block_output(x, a, h, m, layer.scale)
@@ -449,6 +487,7 @@ class PriorCache:
         self._spare_ancestry = torch.empty_like(self._ancestry)
         self._rows_arange = torch.arange(capacity, device=device)
         self._flat_index: dict[int, torch.Tensor | None] = {}
+        self.previous_row_groups: _Groups | None = None
         self.fixed_shapes = fixed_shapes
         if fixed_shapes:  # what a step reads, at fixed addresses (CUDA graphs replay them)
             self._offsets = {kind: torch.arange(n, device=device) for kind, n in longest.items()}
@@ -457,17 +496,20 @@ class PriorCache:
             self._write = {kind: torch.zeros(capacity, dtype=torch.long, device=device) for kind in longest}
             self.visible = {kind: torch.zeros(longest[kind], dtype=torch.bool, device=device) for kind in (ROW, COLUMN)}
             self.previous_row_exists = torch.zeros((), dtype=torch.bool, device=device)
-            self._gathered, self._index_buffers, self._write_index = {}, {}, {}
+            self._gathered, self._index_buffers = {}, {}
+            self._grouped_queries = torch.empty(0, device=device, dtype=dtype)
         else:
             self._gathered = {
                 kind: torch.empty(capacity * longest[kind], width, device=device, dtype=dtype) for kind in self._kept
             }
-            # Made once, filled every step (:meth:`begin_step`): the rows of each kind's flat store that
-            # position t goes to, and where the keys a kind reads lie (ring offset plus writing slot).
+            # Made once, filled every step (:meth:`begin_step`): where the keys a kind reads lie (ring
+            # offset plus writing slot). Position t's keys go to rows ``_write_at[kind]`` onwards of
+            # each layer's flat store, one per slot.
             self._index_buffers = {
                 kind: torch.empty(capacity * longest[kind], dtype=torch.long, device=device) for kind in self._kept
             }
-            self._write_index = {kind: torch.empty(capacity, dtype=torch.long, device=device) for kind in self._kept}
+            self._write_at: dict[int, int] = {}
+            self._grouped_queries = torch.zeros(2 * capacity, config.n_state, device=device, dtype=dtype)
             self._ring_offsets = {kind: torch.arange(n, device=device) * capacity for kind, n in self._kept.items()}
             self._layer_flat = [self._stores[kind][slot].view(-1, width) for kind, slot in zip(kinds, self._slot)]
 
@@ -481,19 +523,20 @@ class PriorCache:
 
     @staticmethod
     def bytes_per_row(config: PriorConfig, max_len: int, dtype: torch.dtype) -> int:
-        """Memory one row of a cache takes (keys, values, gather buffers and their indices, ancestry)."""
+        """Memory one row of a cache takes (keys, values, gather buffers and their indices, grouped
+        queries, ancestry)."""
         bc = config.block_ctx
         kinds = [config.layer_kind(d) for d in range(config.prior_depth)]
         kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
         longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
-        positions = sum(kinds.count(k) * kept[k] + longest[k] for k in kept)
-        # int64: gather indices, write rows (one per kind), the rows' numbers, ancestry and its spare
-        indices = sum(longest.values()) + len(kept) + 1 + 2 * max_len
+        positions = sum(kinds.count(k) * kept[k] + longest[k] for k in kept) + 1  # + grouped queries (2 a row)
+        # int64: gather indices, the rows' numbers, ancestry and its spare
+        indices = sum(longest.values()) + 1 + 2 * max_len
         return positions * 2 * config.n_state * torch.finfo(dtype).bits // 8 + indices * 8
 
     def nbytes(self) -> int:
         tensors = [*self.step_tensors(), *self._gathered.values(), *self._index_buffers.values(),
-                   *self._write_index.values(), self._rows_arange, self._ancestry, self._spare_ancestry]  # fmt: skip
+                   self._grouped_queries, self._rows_arange, self._ancestry, self._spare_ancestry]  # fmt: skip
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def begin_step(self) -> None:
@@ -506,16 +549,44 @@ class PriorCache:
         spans = {ROW: (row * bc, t + 1, 1), COLUMN: (col, t + 1, bc), PREVIOUS_ROW: ((row - 1) * bc, row * bc, 1)}
         for kind, (start, stop, stride) in spans.items():
             kept = self._kept[kind]
-            torch.add(self._rows_arange[:rows], (t % kept) * self.capacity, out=self._write_index[kind][:rows])
+            self._write_at[kind] = (t % kept) * self.capacity
             if kind == PREVIOUS_ROW and not row:
-                self._flat_index[kind] = None
+                self._flat_index[kind] = self.previous_row_groups = None
                 continue
             # A kind's positions never wrap around its ring: their ring offsets are one strided slice.
             first, length = start % kept, len(range(start, stop, stride))
             ring = self._ring_offsets[kind][first : first + (length - 1) * stride + 1 : stride]
-            index = self._index_buffers[kind][: rows * length]
-            torch.add(self._ancestry[:rows, start:stop:stride], ring, out=index.view(rows, length))
+            ancestry = self._ancestry[:rows, start:stop:stride]
+            if kind == PREVIOUS_ROW:
+                ancestry = self._group_previous_rows(ancestry)
+            index = self._index_buffers[kind][: len(ancestry) * length].view(len(ancestry), length)
+            torch.add(ancestry, ring, out=index)
             self._flat_index[kind] = index
+
+    def _group_previous_rows(self, ancestry: torch.Tensor) -> torch.Tensor:
+        """Group the rows whose previous rows are one history (the beams of a window mostly are, past
+        a row's first positions), so that previous-row layers gather and read its keys once
+        (:func:`_attend_grouped`); returns the ancestry of each group's first row. Rows share the
+        history if one slot wrote the last position of both their previous rows: they descend from
+        the row that was there then. Groups are cut to the rows' mean group size (at most twice the
+        rows' queries with the padding); a mean under 2 leaves every row on its own."""
+        rows = self.rows
+        members: dict[int, list[int]] = {}
+        for i, writer in enumerate(ancestry[:, -1].tolist()):
+            members.setdefault(writer, []).append(i)
+        size = rows // len(members)
+        self.previous_row_groups = None
+        if size < 2:
+            return ancestry
+        chunks = [group[j : j + size] for group in members.values() for j in range(0, len(group), size)]
+        place = [0] * rows
+        for c, chunk in enumerate(chunks):
+            for k, i in enumerate(chunk):
+                place[i] = c * size + k
+        device = ancestry.device
+        queries = self._grouped_queries[: len(chunks) * size]
+        self.previous_row_groups = _Groups(torch.tensor(place, device=device), size, len(chunks), queries)
+        return ancestry[torch.tensor([chunk[0] for chunk in chunks], device=device)]
 
     def _begin_fixed_step(self, row: int, col: int) -> None:
         """:meth:`begin_step` with a whole row's positions for row and previous-row layers and every
@@ -544,15 +615,17 @@ class PriorCache:
 
     def store(self, layer: int, kv: torch.Tensor) -> torch.Tensor | None:
         """Write position ``t``'s keys and values (rows, 2 * n_state) of a layer and return what its
-        queries attend to, (rows, L, 2 * n_state); None where that is nothing (row 0, previous row)."""
+        queries attend to, (rows, L, 2 * n_state), for previous-row layers with ``previous_row_groups``
+        (groups, L, 2 * n_state); None where that is nothing (row 0, previous row)."""
         kind, flat = self._kind[layer], self._layer_flat[layer]
-        flat.index_copy_(0, self._write_index[kind][: self.rows], kv)
+        at = self._write_at[kind]
+        flat[at : at + self.rows].copy_(kv)
         index = self._flat_index[kind]
         if index is None:
             return None
         out = self._gathered[kind][: index.numel()]
-        torch.index_select(flat, 0, index, out=out)
-        return out.view(self.rows, -1, flat.shape[-1])
+        torch.index_select(flat, 0, index.view(-1), out=out)
+        return out.view(*index.shape, flat.shape[-1])
 
     def reorder(self, index: torch.Tensor) -> None:
         """Make row i continue old row ``index[i]``; rows may repeat or vanish, the count change."""

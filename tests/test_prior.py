@@ -174,6 +174,33 @@ def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads):
     check_random_reorders(random_prior(seed=2, heads=heads), rows=5, length=30, seed=0)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_rows_of_one_previous_row_share_its_keys_and_score_exactly_as_alone(heads, monkeypatch):
+    """Previous-row layers gather and read one copy of the keys per group of rows with one previous
+    row (the beams of a window, mostly); every row's logits are bitwise those of each row attending
+    to its own copy, as the upstream loop does, so the two searches keep choosing the same tokens."""
+    prior = random_prior(seed=9, heads=heads)
+    length, rows = prior.config.n_ctx, 8
+
+    def steps() -> tuple[torch.Tensor, list]:
+        generator = torch.Generator().manual_seed(3)
+        cache, previous, logits, groups = prior.new_cache(rows=rows, max_len=length), None, [], []
+        for _ in range(length):
+            logits.append(prior.step(cache, previous))
+            groups.append(cache.previous_row_groups)
+            windows = torch.arange(rows) // 4 * 4  # two windows of four beams, each from two of them
+            cache.reorder(windows + torch.randint(0, 2, (rows,), generator=generator))
+            previous = torch.randint(0, prior.config.bins, (rows,), generator=generator)
+        return torch.stack(logits), groups
+
+    grouped, groups = steps()
+    assert any(g is not None and g.count < rows for g in groups)
+    monkeypatch.setattr(PriorCache, "_group_previous_rows", lambda cache, ancestry: ancestry)
+    alone, groups = steps()
+    assert all(g is None for g in groups)
+    assert torch.equal(grouped, alone)
+
+
 @pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
 def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
     prior, other = random_prior(seed=4), random_prior(seed=5)
