@@ -453,6 +453,13 @@ class PriorCache:
     costs more (twice the keys on average), so only compiled priors make such caches.
     """
 
+    # Grouping rows (:meth:`_group_previous_rows`) costs a few operations a layer; it pays where it
+    # spares more bytes of keys than the device moves in their time: on 2 Xeon cores (25 GB/s, about
+    # 8 us an operation) the embedded priors' 10 rows (0.5 MB a layer) ran 12 % slower grouped and
+    # their 40 rows (2 MB) the same, the full-size prior's 40 rows (10.5 MB) 5-10 % faster. On a
+    # GPU (about 5 us a launch at 2-3 TB/s), an estimate, not measured.
+    grouping_pays_from = {"cpu": 1 << 20, "other": 32 << 20}
+
     def __init__(
         self, config: PriorConfig, rows: int, capacity: int, max_len: int, device: torch.device, dtype: torch.dtype,
         fixed_shapes: bool = False,
@@ -470,6 +477,7 @@ class PriorCache:
         self._kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
         longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
         width = 2 * config.n_state
+        self._key_bytes = width * torch.finfo(dtype).bits // 8  # a position's key and value
         # One flat tensor per kind (what a compiled step writes into in place) and its (layers, kept,
         # capacity) view. Uninitialised where a position is always written before a row reads it;
         # zeros with fixed shapes, whose masked keys are read (garbage could be NaN, which a mask
@@ -569,16 +577,22 @@ class PriorCache:
         (:func:`_attend_grouped`); returns the ancestry of each group's first row. Rows share the
         history if one slot wrote the last position of both their previous rows: they descend from
         the row that was there then. Groups are cut to the rows' mean group size (at most twice the
-        rows' queries with the padding); a mean under 2 leaves every row on its own."""
-        rows = self.rows
+        rows' queries with the padding); a mean under 2 leaves every row on its own, and so do
+        groups that would spare fewer bytes a layer than :attr:`grouping_pays_from`."""
+        rows, self.previous_row_groups = self.rows, None
+        row_bytes = ancestry.shape[1] * self._key_bytes  # what a row gathers in one layer
+        least = self.grouping_pays_from.get(ancestry.device.type, self.grouping_pays_from["other"])
+        if rows * row_bytes < least:
+            return ancestry
         members: dict[int, list[int]] = {}
         for i, writer in enumerate(ancestry[:, -1].tolist()):
             members.setdefault(writer, []).append(i)
         size = rows // len(members)
-        self.previous_row_groups = None
         if size < 2:
             return ancestry
         chunks = [group[j : j + size] for group in members.values() for j in range(0, len(group), size)]
+        if (rows - len(chunks)) * row_bytes < least:
+            return ancestry
         place = [0] * rows
         for c, chunk in enumerate(chunks):
             for k, i in enumerate(chunk):
