@@ -456,8 +456,8 @@ class PriorCache:
     # Grouping rows (:meth:`_group_previous_rows`) costs a few operations a layer; it pays where it
     # spares more bytes of keys than the device moves in their time: on 2 Xeon cores (25 GB/s, about
     # 8 us an operation) the embedded priors' 10 rows (0.5 MB a layer) ran 12 % slower grouped and
-    # their 40 rows (2 MB) the same, the full-size prior's 40 rows (10.5 MB) 5-10 % faster. On a
-    # GPU (about 5 us a launch at 2-3 TB/s), an estimate, not measured.
+    # their 40 rows (2 MB) the same, the full-size prior's 40 rows (10.5 MB) up to 10 % faster late
+    # in a row. Elsewhere an estimate from a GPU's 5 us a launch at 2-3 TB/s, not measured.
     grouping_pays_from = {"cpu": 1 << 20, "other": 32 << 20}
 
     def __init__(
