@@ -233,9 +233,9 @@ def _attend_one(
 
 
 class _Groups(NamedTuple):
-    """Rows that attend to the same keys, laid out ``count`` groups of ``size`` (:meth:`PriorCache.begin_step`):
-    row i is query ``place[i]`` of the padded layout, group ``place[i] // size``; the padding's queries
-    are computed and dropped."""
+    """Rows that attend to the same keys, laid out ``count`` groups of ``size`` queries
+    (:meth:`PriorCache._group_previous_rows`): row i is query ``place[i]`` of the padded layout, in
+    group ``place[i] // size``; the padding's queries are computed and dropped."""
 
     place: torch.Tensor
     size: int
@@ -250,8 +250,9 @@ def _attend_grouped(
     (groups.count, L, n_state): each group's queries stand on the head axis of one
     ``scaled_dot_product_attention`` call against keys repeated by a zero stride, so the keys are
     gathered and read from memory once per group, not per row. Every query is still attended on
-    its own, as :func:`_attend_one` does (bitwise the same result): one call per head, as the zero
-    stride of the group's members and the heads' stride make no single axis."""
+    its own, as :func:`_attend_one` does (bitwise the same result on CPU, tested; not measured on
+    CUDA, whose kernels may split work by the batch and head counts): one call per head, as the
+    zero stride of the group's members and the heads' stride make no single axis."""
     count, length, width = keys.shape
     dim = width // heads
     padded = groups.queries.index_copy_(0, groups.place, q).view(count, groups.size, heads, dim)
@@ -576,9 +577,11 @@ class PriorCache:
         a row's first positions), so that previous-row layers gather and read its keys once
         (:func:`_attend_grouped`); returns the ancestry of each group's first row. Rows share the
         history if one slot wrote the last position of both their previous rows: they descend from
-        the row that was there then. Groups are cut to the rows' mean group size (at most twice the
-        rows' queries with the padding); a mean under 2 leaves every row on its own, and so do
-        groups that would spare fewer bytes a layer than :attr:`grouping_pays_from`."""
+        the row that was there then. Groups larger than ``size`` are cut into several: ``size`` is the
+        largest that keeps the padded layout within twice the rows (a gathered group costs several
+        times a padded query), at least the mean group size, which always does. A mean under 2
+        leaves every row on its own, and so do groups that would spare fewer bytes a layer than
+        :attr:`grouping_pays_from`."""
         rows, self.previous_row_groups = self.rows, None
         row_bytes = ancestry.shape[1] * self._key_bytes  # what a row gathers in one layer
         least = self.grouping_pays_from.get(ancestry.device.type, self.grouping_pays_from["other"])
@@ -587,9 +590,10 @@ class PriorCache:
         members: dict[int, list[int]] = {}
         for i, writer in enumerate(ancestry[:, -1].tolist()):
             members.setdefault(writer, []).append(i)
-        size = rows // len(members)
-        if size < 2:
+        mean, sizes = rows // len(members), [len(group) for group in members.values()]
+        if mean < 2:
             return ancestry
+        size = next(s for s in range(max(sizes), mean - 1, -1) if s * sum(-(-n // s) for n in sizes) <= 2 * rows)
         chunks = [group[j : j + size] for group in members.values() for j in range(0, len(group), size)]
         if (rows - len(chunks)) * row_bytes < least:
             return ancestry

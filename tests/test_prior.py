@@ -171,7 +171,8 @@ def check_random_reorders(prior: Prior, rows: int, length: int, seed: int, full_
 
 @pytest.mark.parametrize("heads", [1, 4])
 def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads, monkeypatch):
-    monkeypatch.setattr(PriorCache, "grouping_pays_from", {"cpu": 0, "other": 0})  # rows of one history grouped
+    # most steps grouped (rows of one previous row); their keys reach the checked logits
+    monkeypatch.setattr(PriorCache, "grouping_pays_from", {"cpu": 0, "other": 0})
     check_random_reorders(random_prior(seed=2, heads=heads), rows=5, length=30, seed=0)
 
 
@@ -180,11 +181,11 @@ def test_rows_of_one_previous_row_share_its_keys_and_score_exactly_as_alone(head
     """Previous-row layers gather and read one copy of the keys per group of rows with one previous
     row (the beams of a window, mostly); every row's logits are bitwise those of each row attending
     to its own copy, as the upstream loop does, so the two searches keep choosing the same tokens."""
-    prior = random_prior(seed=9, heads=heads)
-    length, rows = prior.config.n_ctx, 8
     monkeypatch.setattr(PriorCache, "grouping_pays_from", {"cpu": 0, "other": 0})  # it would not, this small
+    length, rows = random_prior().config.n_ctx, 8
 
     def steps() -> tuple[torch.Tensor, list]:
+        prior = random_prior(seed=9, heads=heads)  # a fresh one: packing follows the row counts seen
         generator = torch.Generator().manual_seed(3)
         cache, previous, logits, groups = prior.new_cache(rows=rows, max_len=length), None, [], []
         for _ in range(length):
