@@ -689,6 +689,7 @@ class Prior(nn.Module):
         self._plan_key: tuple = ()
         self._output_pack: _PackedWeight | None = None
         self._compiled: Any = None
+        self._graph_outputs = False  # the compiled step's outputs live in a CUDA graph's memory
         self.eval()
 
     @property
@@ -790,6 +791,7 @@ class Prior(nn.Module):
             mode = "reduce-overhead"
         self._forget_plan()
         self._compiled = torch.compile(self._layers, mode=mode, backend=backend, fullgraph=True, dynamic=False)
+        self._graph_outputs = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
         return self
 
     def _layers(self, x: torch.Tensor, cache: PriorCache) -> torch.Tensor:
@@ -819,6 +821,8 @@ class Prior(nn.Module):
         cache.begin_step()
         compiled = self._compiled is not None and cache.fixed_shapes and cache.rows == cache.capacity
         logits = self._compiled(x.contiguous(), cache) if compiled else self._layers(x, cache)
+        if compiled and self._graph_outputs:  # the next replay overwrites them (seen on an H200)
+            logits = logits.clone()
         cache.t += 1
         return logits
 

@@ -6,9 +6,11 @@ LASS uses only the top level (hop 128 at 44.1 kHz, K = 2048 for the Jukebox 5B V
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +313,21 @@ class _Bottleneck(nn.Module):
         self.level_blocks = nn.ModuleList(_Codebook(config.l_bins, config.emb_width) for _ in range(config.levels))
 
 
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """float32 convolutions and products in full float32 on CUDA, as on a CPU. cuDNN runs float32
+    convolutions in TF32 by default (10 bits of mantissa; an H200 decoded the parity fixture 9e-4
+    off the CPU's): encoding decides discrete tokens, which a near tie would let the device change,
+    so encoding runs exact. Decoding, whose output is audio, keeps cuDNN's faster default."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@exact_float32()
 def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row for each latent row: (N, E), (K, E) -> (N,).
 
@@ -377,7 +394,8 @@ class VQVAE(nn.Module):
             raise ValueError(f"audio of {audio.shape[1]} samples is shorter than one token")
         weight = self.encoders[level].level_blocks[0].model[0][0].weight
         x = audio.to(device=weight.device, dtype=weight.dtype)[:, None, :]
-        return self.encoders[level](x)
+        with exact_float32():
+            return self.encoders[level](x)
 
     @torch.inference_mode()
     def encode(self, audio: torch.Tensor, level: int = -1) -> torch.Tensor:
