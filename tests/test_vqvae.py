@@ -211,8 +211,8 @@ def test_bad_arguments_are_rejected():
 
 
 def test_encoding_runs_in_exact_float32_and_decoding_in_the_default():
-    """Tokens must not depend on the device: the encoder (and quantiser) run with TF32 off, whatever
-    the process set, which is restored after, also when the work fails; the decoder keeps it."""
+    """Tokens must not depend on the device: the encoder runs with TF32 off, whatever the process
+    set, which is restored after, also when the work fails; the decoder keeps the process's setting."""
     model, seen = _random_model(_tiny_config()), {}
 
     def flags():
