@@ -313,18 +313,38 @@ class _Bottleneck(nn.Module):
         self.level_blocks = nn.ModuleList(_Codebook(config.l_bins, config.emb_width) for _ in range(config.levels))
 
 
+# torch >= 2.9 sets TF32 per operator; its legacy ``allow_tf32`` flags raise when read once the two
+# ways were mixed (a user's or a library's setting), so the newer one is used where it exists.
+_PER_OPERATOR = hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+
+def float32_precision() -> tuple[Any, Any]:
+    """Whether CUDA may run float32 convolutions (cuDNN) and products in TF32: the ``fp32_precision``
+    settings (torch >= 2.9; ``ieee`` is exact), else the legacy ``allow_tf32`` flags."""
+    if _PER_OPERATOR:
+        return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _set_float32_precision(convolutions: Any, products: Any) -> None:
+    if _PER_OPERATOR:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = convolutions, products
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = convolutions, products
+
+
 @contextlib.contextmanager
 def exact_float32() -> Iterator[None]:
     """float32 convolutions and products in full float32 on CUDA, as on a CPU. cuDNN runs float32
     convolutions in TF32 by default (10 bits of mantissa; an H200 decoded the parity fixture 9e-4
     off the CPU's): encoding decides discrete tokens, which a near tie would let the device change,
     so encoding runs exact. Decoding, whose output is audio, keeps cuDNN's faster default."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    saved = float32_precision()
+    _set_float32_precision(*(("ieee", "ieee") if _PER_OPERATOR else (False, False)))
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        _set_float32_precision(*saved)
 
 
 @exact_float32()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from lass_cli import vqvae
 from lass_cli.checkpoint import CheckpointError
-from lass_cli.vqvae import VQVAE, VQVAEConfig, exact_float32
+from lass_cli.vqvae import VQVAE, VQVAEConfig, exact_float32, float32_precision
 
 from .conftest import fixture_keys, jukebox_fixture
 
@@ -214,26 +215,22 @@ def test_encoding_runs_in_exact_float32_and_decoding_in_the_default():
     """Tokens must not depend on the device: the encoder runs with TF32 off, whatever the process
     set, which is restored after, also when the work fails; the decoder keeps the process's setting."""
     model, seen = _random_model(_tiny_config()), {}
-
-    def flags():
-        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-
-    def note(name):
-        return lambda *_: seen.__setitem__(name, flags())
-
-    model.encoders[-1].register_forward_hook(note("encoder"))
-    model.decoders[-1].register_forward_hook(note("decoder"))
-    saved = flags()
+    model.encoders[-1].register_forward_hook(lambda *_: seen.__setitem__("encoder", float32_precision()))
+    model.decoders[-1].register_forward_hook(lambda *_: seen.__setitem__("decoder", float32_precision()))
+    saved = float32_precision()
+    with exact_float32():
+        exact = float32_precision()
+    tf32 = ("tf32", "tf32") if isinstance(exact[0], str) else (True, True)
+    assert exact in {("ieee", "ieee"), (False, False)} and float32_precision() == saved
     try:
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        vqvae._set_float32_precision(*tf32)
         model.decode(model.encode(torch.randn(1, 256)))
-        assert seen == {"encoder": (False, False), "decoder": (True, True)}
-        assert flags() == (True, True)
+        assert seen == {"encoder": exact, "decoder": tf32} and float32_precision() == tf32
         with pytest.raises(RuntimeError), exact_float32():
             raise RuntimeError
-        assert flags() == (True, True)
+        assert float32_precision() == tf32
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        vqvae._set_float32_precision(*saved)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
