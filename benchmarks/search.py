@@ -140,7 +140,7 @@ class ConcatCache:
     indexes every layer's tensor, a copy of the whole cache. Same interface as ``PriorCache``."""
 
     fixed_shapes = False  # PriorCache's variable-length steps
-    previous_row_groups = None  # every row attends to its own copy of its keys
+    groups: dict = {}  # every row attends to its own copy of its keys
 
     def __init__(self, config: PriorConfig, rows: int, max_len: int) -> None:
         self.rows, self.max_len, self.t, self.block_ctx = rows, max_len, 0, config.block_ctx

@@ -237,37 +237,34 @@ def _attend_one(
 
 
 class _Groups(NamedTuple):
-    """Rows that attend to the same keys, laid out ``count`` groups of ``size`` queries
-    (:meth:`PriorCache._group_previous_rows`): row i is query ``place[i]`` of the padded layout, in
-    group ``place[i] // size``; the padding's queries are computed and dropped."""
+    """Rows of one layer kind laid out ``count`` groups of ``size`` queries (:meth:`PriorCache._group`):
+    row i is query ``place[i]`` of the padded layout, in group ``place[i] // size``; the padding's
+    queries are computed and dropped. A group's rows share the history of the kind's first
+    positions: its keys are those positions gathered once, then each query's own remaining
+    positions side by side; ``mask`` (size, keys) says which keys each query sees (None: all,
+    every position shared)."""
 
     place: torch.Tensor
     size: int
     count: int
     queries: torch.Tensor
+    mask: torch.Tensor | None
 
 
 def _attend_grouped(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int, groups: _Groups
 ) -> torch.Tensor:
-    """:func:`_attend_one` where rows of a group share one copy of their keys and values
-    (groups.count, L, n_state): each group's queries stand on the head axis of one
-    ``scaled_dot_product_attention`` call against keys repeated by a zero stride, so the keys are
-    gathered and read from memory once per group, not per row. Every query is still attended on
-    its own, as :func:`_attend_one` does (bitwise the same result on CPU, tested; not measured on
-    CUDA, whose kernels may split work by the batch and head counts): one call per head, as the
-    zero stride of the group's members and the heads' stride make no single axis."""
+    """:func:`_attend_one` where the rows of a group read one copy of their shared keys and values
+    (groups.count, L, n_state): a group's queries stand on the query axis of one
+    ``scaled_dot_product_attention`` call against the group's keys, each masked to what it may
+    see. The keys are gathered and read once per group, not per row; the logits equal each row's
+    alone within float rounding (the kernel sums another layout), not bitwise."""
     count, length, width = keys.shape
     dim = width // heads
-    padded = groups.queries.index_copy_(0, groups.place, q).view(count, groups.size, heads, dim)
-    k, v = (t.view(count, 1, length, heads, dim) for t in (keys, values))
-    shape = (count, groups.size, length, dim)
-    out = [
-        F.scaled_dot_product_attention(padded[:, :, h, None], k[..., h, :].expand(shape), v[..., h, :].expand(shape))
-        for h in range(heads)
-    ]
-    merged = out[0] if heads == 1 else torch.cat(out, dim=-1)
-    return merged.view(count * groups.size, width).index_select(0, groups.place)
+    padded = groups.queries.index_copy_(0, groups.place, q).view(count, groups.size, heads, dim).transpose(1, 2)
+    k, v = (t.view(count, length, heads, dim).transpose(1, 2) for t in (keys, values))
+    out = F.scaled_dot_product_attention(padded, k, v, attn_mask=groups.mask)
+    return out.transpose(1, 2).reshape(count * groups.size, width).index_select(0, groups.place)
 
 
 class _FactoredAttention(nn.Module):
@@ -403,7 +400,7 @@ def _block_step(layer: _StepLayer, index: int, x: torch.Tensor, cache: PriorCach
             a, fresh = layer.attn_out[2].expand(len(q), -1), False  # its projection the bias alone
         else:
             keys, values = context.chunk(2, dim=-1)
-            groups = cache.previous_row_groups if layer.kind == PREVIOUS_ROW else None
+            groups = cache.groups.get(layer.kind)
             if groups is None:
                 out = _attend_one(q, keys, values, layer.heads)
             else:
@@ -468,12 +465,13 @@ class PriorCache:
     costs more (twice the keys on average), so only compiled priors make such caches.
     """
 
-    # Grouping rows (:meth:`_group_previous_rows`) costs a few operations a layer; it pays where it
-    # spares more bytes of keys than the device moves in their time: on 2 Xeon cores (25 GB/s, about
-    # 8 us an operation) the embedded priors' 10 rows (0.5 MB a layer) ran 12 % slower grouped and
-    # their 40 rows (2 MB) the same, the full-size prior's 40 rows (10.5 MB) up to 10 % faster late
-    # in a row. Elsewhere an estimate from a GPU's 5 us a launch at 2-3 TB/s, not measured.
-    grouping_pays_from = {"cpu": 1 << 20, "other": 32 << 20}
+    # Grouping rows (:meth:`_group`) costs 0.1-0.2 ms a kind and step on CPU, and a few operations
+    # a layer; it pays where the layers of the kind together spare more bytes of keys than the
+    # device moves in that time. On 2 Xeon cores (10-25 GB/s) the embedded priors (2 layers a kind,
+    # 2-12 MB of keys a kind and step at 40-128 rows) ran no faster grouped, the full-size prior's
+    # 40 rows (16 layers, 100-160 MB spared) 5-8 % faster (docs/benchmarks.md). Elsewhere an
+    # estimate from a GPU's 5 us a launch at 2-3 TB/s, not measured.
+    grouping_pays_from = {"cpu": 16 << 20, "other": 512 << 20}
 
     def __init__(
         self, config: PriorConfig, rows: int, capacity: int, max_len: int, device: torch.device, dtype: torch.dtype,
@@ -487,6 +485,7 @@ class PriorCache:
         self.block_ctx = bc = config.block_ctx
         kinds = [config.layer_kind(d) for d in range(config.prior_depth)]
         self._kind = kinds
+        self._layers = {kind: kinds.count(kind) for kind in (ROW, COLUMN, PREVIOUS_ROW)}
         self._slot = [kinds[:d].count(kind) for d, kind in enumerate(kinds)]
         # Rings never wrap below max_len, so shorter contexts keep fewer positions.
         self._kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
@@ -510,7 +509,8 @@ class PriorCache:
         self._spare_ancestry = torch.empty_like(self._ancestry)
         self._rows_arange = torch.arange(capacity, device=device)
         self._flat_index: dict[int, torch.Tensor | None] = {}
-        self.previous_row_groups: _Groups | None = None
+        self.groups: dict[int, _Groups | None] = {}  # per kind, this step's (:meth:`_group`)
+        self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
         self.fixed_shapes = fixed_shapes
         if fixed_shapes:  # what a step reads, at fixed addresses (CUDA graphs replay them)
             self._offsets = {kind: torch.arange(n, device=device) for kind, n in longest.items()}
@@ -574,51 +574,89 @@ class PriorCache:
             kept = self._kept[kind]
             self._write_at[kind] = (t % kept) * self.capacity
             if kind == PREVIOUS_ROW and not row:
-                self._flat_index[kind] = self.previous_row_groups = None
+                self._flat_index[kind] = self.groups[kind] = None
                 continue
             # A kind's positions never wrap around its ring: their ring offsets are one strided slice.
             first, length = start % kept, len(range(start, stop, stride))
             ring = self._ring_offsets[kind][first : first + (length - 1) * stride + 1 : stride]
             ancestry = self._ancestry[:rows, start:stop:stride]
-            if kind == PREVIOUS_ROW:
-                ancestry = self._group_previous_rows(ancestry)
-            index = self._index_buffers[kind][: len(ancestry) * length].view(len(ancestry), length)
-            torch.add(ancestry, ring, out=index)
+            self.groups[kind], index = self._group(ancestry, ring, self._index_buffers[kind], self._layers[kind])
+            if index is None:
+                index = self._index_buffers[kind][: rows * length].view(rows, length)
+                torch.add(ancestry, ring, out=index)
             self._flat_index[kind] = index
 
-    def _group_previous_rows(self, ancestry: torch.Tensor) -> torch.Tensor:
-        """Group the rows whose previous rows are one history (the beams of a window mostly are, past
-        a row's first positions), so that previous-row layers gather and read its keys once
-        (:func:`_attend_grouped`); returns the ancestry of each group's first row. Rows share the
-        history if one slot wrote the last position of both their previous rows: they descend from
-        the row that was there then. Groups larger than ``size`` are cut into several: ``size`` is the
-        largest that keeps the padded layout within twice the rows (a gathered group costs several
-        times a padded query), at least the mean group size, which always does. A mean under 2
-        leaves every row on its own, and so do groups that would spare fewer bytes a layer than
+    def _group(
+        self, ancestry: torch.Tensor, ring: torch.Tensor, buffer: torch.Tensor, layers: int
+    ) -> tuple[_Groups | None, torch.Tensor | None]:
+        """Group the rows that share the history of a kind's first positions, so that a layer gathers
+        and reads those keys once per group (:func:`_attend_grouped`); returns the groups and where
+        the keys each group reads lie (count, keys), written into ``buffer``, or (None, None) to leave
+        every row on its own. ``ancestry`` (rows, L) holds, for each row and position the kind
+        reads, the slot that wrote it; ``ring`` (L,) the positions' offsets in the store; ``layers``
+        how many layers read them.
+
+        Two rows share every position up to p exactly when one slot wrote p for both (they descend
+        from the row that was there then): the beams of a window mostly do, except the last few
+        positions (in a real search at 40 rows, 4-6 histories; previous-row layers read a whole
+        finished row). The first ``shared`` positions are chosen to gather the fewest keys, counting
+        each group's own positions for every padded query. Groups larger than ``size`` are cut in
+        several: ``size`` is the largest that keeps the padded layout within twice the rows (a
+        gathered group costs several times a padded query), at least the mean group size, which
+        always does. Rows stay alone where grouping would spare the layers fewer bytes of keys than
         :attr:`grouping_pays_from`."""
-        rows, self.previous_row_groups = self.rows, None
-        row_bytes = ancestry.shape[1] * self._key_bytes  # what a row gathers in one layer
+        rows, length = ancestry.shape
         least = self.grouping_pays_from.get(ancestry.device.type, self.grouping_pays_from["other"])
-        if rows * row_bytes < least:
-            return ancestry
+        key_bytes = layers * self._key_bytes  # a position's keys and values in every such layer
+        if rows * length * key_bytes < least or rows < 2:
+            return None, None
+        ordered = ancestry.sort(dim=0).values
+        histories = (ordered[1:] != ordered[:-1]).sum(0).add_(1)  # distinct histories up to each position
+        first = torch.arange(1, length + 1, device=ancestry.device)
+        shared = int((histories * first + 2 * rows * (length - first)).argmin()) + 1
         members: dict[int, list[int]] = {}
-        for i, writer in enumerate(ancestry[:, -1].tolist()):
+        for i, writer in enumerate(ancestry[:, shared - 1].tolist()):
             members.setdefault(writer, []).append(i)
         mean, sizes = rows // len(members), [len(group) for group in members.values()]
         if mean < 2:
-            return ancestry
+            return None, None
         size = next(s for s in range(max(sizes), mean - 1, -1) if s * sum(-(-n // s) for n in sizes) <= 2 * rows)
         chunks = [group[j : j + size] for group in members.values() for j in range(0, len(group), size)]
-        if (rows - len(chunks)) * row_bytes < least:
-            return ancestry
+        own = length - shared
+        keys = shared + size * own
+        if (rows * length - len(chunks) * keys) * key_bytes < least:
+            return None, None
         place = [0] * rows
         for c, chunk in enumerate(chunks):
             for k, i in enumerate(chunk):
                 place[i] = c * size + k
         device = ancestry.device
+        index = buffer[: len(chunks) * keys].view(len(chunks), keys)
+        leaders = torch.tensor([chunk[0] for chunk in chunks], device=device)
+        torch.add(ancestry[leaders, :shared], ring[:shared], out=index[:, :shared])
+        if own:  # each query's own positions; the padding's are its group's first row's
+            padded = torch.tensor([chunk[k] if k < len(chunk) else chunk[0] for chunk in chunks for k in range(size)],
+                                  device=device)  # fmt: skip
+            own_index = index[:, shared:].view(len(chunks), size, own)
+            torch.add(ancestry[padded, shared:].view(len(chunks), size, own), ring[shared:], out=own_index)
         queries = self._grouped_queries[: len(chunks) * size]
-        self.previous_row_groups = _Groups(torch.tensor(place, device=device), size, len(chunks), queries)
-        return ancestry[torch.tensor([chunk[0] for chunk in chunks], device=device)]
+        groups = _Groups(torch.tensor(place, device=device), size, len(chunks), queries, self._mask(size, shared, own))
+        return groups, index
+
+    def _mask(self, size: int, shared: int, own: int) -> torch.Tensor | None:
+        """Which of a group's keys each of its ``size`` queries sees: the ``shared`` first ones and
+        its own ``own`` (None where there are none)."""
+        if not own:
+            return None
+        mask = self._masks.get((size, shared, own))
+        if mask is None:
+            key = torch.arange(shared + size * own, device=self._ancestry.device)
+            owner = (key - shared).div(own, rounding_mode="floor")
+            mask = (key < shared) | (owner == torch.arange(size, device=key.device)[:, None])
+            if len(self._masks) >= 64:  # a few layouts recur; keep memory flat over a long search
+                self._masks.clear()
+            self._masks[size, shared, own] = mask
+        return mask
 
     def _begin_fixed_step(self, row: int, col: int) -> None:
         """:meth:`begin_step` with a whole row's positions for row and previous-row layers and every

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lass_cli import prior as prior_module
 from lass_cli.checkpoint import CheckpointError
-from lass_cli.prior import Prior, PriorCache, PriorConfig
+from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorCache, PriorConfig
 
 from .conftest import SMALL, fixture_keys, jukebox_fixture, random_prior
 
@@ -180,31 +180,34 @@ def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads, monkey
 
 
 @pytest.mark.parametrize("heads", [1, 2])
-def test_rows_of_one_previous_row_share_its_keys_and_score_exactly_as_alone(heads, monkeypatch):
-    """Previous-row layers gather and read one copy of the keys per group of rows with one previous
-    row (the beams of a window, mostly); every row's logits are bitwise those of each row attending
-    to its own copy, as the upstream loop does, so the two searches keep choosing the same tokens."""
+def test_rows_sharing_a_history_read_its_keys_once_and_score_as_alone(heads, monkeypatch):
+    """Rows whose histories agree up to a position (the beams of a window, mostly) gather and read
+    the keys of those positions once per group, in every kind of layer, with each row's own later
+    keys beside them, masked from the others; every row's logits are those of each row attending
+    to its own copy, as the upstream loop does, within float rounding."""
     monkeypatch.setattr(PriorCache, "grouping_pays_from", {"cpu": 0, "other": 0})  # it would not, this small
     length, rows = random_prior().config.n_ctx, 8
 
-    def steps() -> tuple[torch.Tensor, list]:
+    def steps() -> tuple[torch.Tensor, list[dict]]:
         prior = random_prior(seed=9, heads=heads)  # a fresh one: packing follows the row counts seen
         generator = torch.Generator().manual_seed(3)
         cache, previous, logits, groups = prior.new_cache(rows=rows, max_len=length), None, [], []
         for _ in range(length):
             logits.append(prior.step(cache, previous))
-            groups.append(cache.previous_row_groups)
+            groups.append({kind: g for kind, g in cache.groups.items() if g is not None})
             windows = torch.arange(rows) // 4 * 4  # two windows of four beams, each from two of them
             cache.reorder(windows + torch.randint(0, 2, (rows,), generator=generator))
             previous = torch.randint(0, prior.config.bins, (rows,), generator=generator)
         return torch.stack(logits), groups
 
     grouped, groups = steps()
-    assert any(g is not None and g.count < rows for g in groups)
-    monkeypatch.setattr(PriorCache, "_group_previous_rows", lambda cache, ancestry: ancestry)
+    assert {kind for step in groups for kind in step} == {ROW, COLUMN, PREVIOUS_ROW}
+    assert any(g.count < rows and g.mask is not None for step in groups for g in step.values())
+    assert any(g.count < rows and g.mask is None for step in groups for g in step.values())
+    monkeypatch.setattr(PriorCache, "_group", lambda cache, *args: (None, None))
     alone, groups = steps()
-    assert all(g is None for g in groups)
-    assert torch.equal(grouped, alone)
+    assert not any(groups)
+    assert torch.allclose(grouped, alone, atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
