@@ -16,6 +16,8 @@ from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorCache, PriorCo
 from .conftest import SMALL, fixture_keys, jukebox_fixture, random_prior
 
 ATOL = 1e-4
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +181,9 @@ def test_reorder_with_repeats_and_drops_equals_reordered_histories(heads, monkey
     check_random_reorders(random_prior(seed=2, heads=heads), rows=5, length=30, seed=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("heads", [1, 2])
-def test_rows_sharing_a_history_read_its_keys_once_and_score_as_alone(heads, monkeypatch):
+def test_rows_sharing_a_history_read_its_keys_once_and_score_as_alone(heads, device, monkeypatch):
     """Rows whose histories agree up to a position (the beams of a window, mostly) gather and read
     the keys of those positions once per group, in every kind of layer, with each row's own later
     keys beside them, masked from the others; every row's logits are those of each row attending
@@ -189,15 +192,15 @@ def test_rows_sharing_a_history_read_its_keys_once_and_score_as_alone(heads, mon
     length, rows = random_prior().config.n_ctx, 8
 
     def steps() -> tuple[torch.Tensor, list[dict]]:
-        prior = random_prior(seed=9, heads=heads)  # a fresh one: packing follows the row counts seen
+        prior = random_prior(seed=9, heads=heads).to(device)  # a fresh one: packing follows the row counts seen
         generator = torch.Generator().manual_seed(3)
         cache, previous, logits, groups = prior.new_cache(rows=rows, max_len=length), None, [], []
         for _ in range(length):
-            logits.append(prior.step(cache, previous))
+            logits.append(prior.step(cache, previous).cpu())
             groups.append({kind: g for kind, g in cache.groups.items() if g is not None})
             windows = torch.arange(rows) // 4 * 4  # two windows of four beams, each from two of them
             cache.reorder(windows + torch.randint(0, 2, (rows,), generator=generator))
-            previous = torch.randint(0, prior.config.bins, (rows,), generator=generator)
+            previous = torch.randint(0, prior.config.bins, (rows,), generator=generator).to(device)
         return torch.stack(logits), groups
 
     grouped, groups = steps()
@@ -323,9 +326,6 @@ def test_unsupported_settings_and_misuse_are_rejected():
         prior.step(cache, torch.zeros(2, dtype=torch.long))
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_every_device_and_precision_matches_the_reference(prior_reference, device, dtype):
@@ -339,7 +339,7 @@ def test_every_device_and_precision_matches_the_reference(prior_reference, devic
     assert np.abs(logits.numpy() - reference).max() <= tolerance
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@CUDA
 def test_compiled_cuda_step_replays_as_the_eager_one(prior_reference):
     """``reduce-overhead``: the step replayed as a CUDA graph, its caches updated in place, and the
     logits of every step still readable after later steps (the next replay overwrites its outputs)."""
