@@ -227,6 +227,24 @@ def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
 
 
 @pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
+def test_steps_fold_the_gelu_scale_into_their_mlp_packs_which_the_full_pass_never_reads():
+    """The step's MLP packs hold ``1.702 W`` and ``W / 1.702`` (one silu between them); the
+    teacher-forced pass, whose flattened rows can equal the packed row count, keeps the weights."""
+    prior = random_prior(seed=4)
+    rows = prior.config.block_ctx  # the rows of one padded sequence in the full pass
+    sequence = torch.randint(0, prior.config.bins, (1, rows))
+    with torch.inference_mode():
+        before = prior(sequence)
+    tokens = torch.randint(0, prior.config.bins, (rows, 5))
+    assert torch.allclose(run_incremental(prior, tokens), prior(tokens), atol=ATOL, rtol=0)
+    assert all(layer.gelu_folded for layer in prior._plan)
+    mlp = prior._blocks()[0].mlp
+    assert (mlp.c_fc._pack.scale, mlp.c_proj._pack.scale, mlp.c_fc._pack.rows) == (1.702, 1 / 1.702, rows)
+    with torch.inference_mode():
+        assert torch.equal(prior(sequence), before)
+
+
+@pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
 def test_step_plan_packs_for_a_row_count_once_and_follows_replaced_parameters():
     prior = random_prior(seed=8)
     tokens = torch.randint(0, prior.config.bins, (3, 12))
