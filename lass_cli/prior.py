@@ -490,7 +490,7 @@ class PriorCache:
     # a layer; it pays where the layers of the kind together spare more bytes of keys than the
     # device moves in that time. On 2 Xeon cores (10-25 GB/s) the embedded priors (2 layers a kind,
     # 2-12 MB of keys a kind and step at 40-128 rows) ran no faster grouped, the full-size prior's
-    # 40 rows (16 layers, 100-160 MB spared) 5-8 % faster (docs/benchmarks.md). Elsewhere an
+    # 40 rows (16 layers, 100-160 MB spared) 5-10 % faster (docs/benchmarks.md). Elsewhere an
     # estimate from a GPU's 5 us a launch at 2-3 TB/s, not measured.
     grouping_pays_from = {"cpu": 16 << 20, "other": 512 << 20}
 
