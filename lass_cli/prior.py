@@ -348,8 +348,8 @@ class _StepLayer(NamedTuple):
     the packs, ``x sigmoid(1.702 x) W = silu(1.702 x) (W / 1.702)``, so that the step runs one
     in-place ``silu`` between the two products instead of three operations: after a product has
     streamed its weights through the cache, each kind of operation costs its code's fetch again
-    (after a 4 MB product 19-43 us against 68-110 a layer; 2-3 ms of a full-size step at 40 rows). Equal within float32
-    rounding, not bitwise; packs are copies anyway, so no memory is added."""
+    (after a 4 MB product 19-43 us against 68-110 a layer; 2-3 ms of a full-size step at 40 rows).
+    Equal within float32 rounding, not bitwise; packs are copies anyway, so no memory is added."""
 
     kind: int
     heads: int
@@ -629,7 +629,7 @@ class PriorCache:
         rows, length = ancestry.shape
         least = self.grouping_pays_from.get(ancestry.device.type, self.grouping_pays_from["other"])
         key_bytes = layers * self._key_bytes  # a position's keys and values in every such layer
-        if rows * length * key_bytes < least or rows < 2:
+        if rows * length * key_bytes < least:
             return None, None
         ordered = ancestry.sort(dim=0).values
         histories = (ordered[1:] != ordered[:-1]).sum(0).add_(1)  # distinct histories up to each position
