@@ -5,8 +5,9 @@ same likelihood (random counts with about ``--per-slice`` pairs per mixture toke
 each in a fresh process of this one command, one after the other. The upstream loop is a
 straightforward port of the original: one window at a time, caches grown by concatenation and
 copied on every reorder (:class:`ConcatCache`), all candidates' scores sorted. Per step it reports
-the time inside the two prior calls and the time in the rest (scoring, top-B, reordering), the time
-per token, the memory each search added at its peak, the speed-up and whether the tokens agree.
+the time inside the two prior calls (their union where they step side by side) and the time in
+the rest (scoring, top-B, reordering), the time per token, the memory each search added at its
+peak, the speed-up and whether the tokens agree.
 Each timed search follows an untimed one of the first ``WARM_UP_STEPS`` steps (compiled: of all
 of them), so that one-time costs are in neither figure.
 Both processes keep freed memory in the C allocator, as the `lass` command does (``lass_cli.allocator``).
@@ -49,12 +50,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class TimedPrior:
-    """Forwards the search interface to a prior and adds up the time spent in ``step``; with
-    ``concat`` its caches are the upstream :class:`ConcatCache` (the step is the same code)."""
+class PriorClock:
+    """The time spent inside the priors' steps: the union of their intervals, as two priors may
+    step side by side (``lass_cli.search``, on a CPU with two or more threads)."""
 
-    def __init__(self, prior: Prior, concat: bool = False) -> None:
-        self.prior, self.concat, self.seconds = prior, concat, 0.0
+    def __init__(self) -> None:
+        self.intervals: list[tuple[float, float]] = []
+
+    @property
+    def seconds(self) -> float:
+        total, reached = 0.0, float("-inf")
+        for start, stop in sorted(self.intervals):
+            total += max(0.0, stop - max(start, reached))
+            reached = max(reached, stop)
+        return total
+
+
+class TimedPrior:
+    """Forwards the search interface to a prior and records the time spent in ``step`` on
+    ``clock``; with ``concat`` its caches are the upstream :class:`ConcatCache` (the step is the
+    same code)."""
+
+    def __init__(self, prior: Prior, clock: PriorClock, concat: bool = False) -> None:
+        self.prior, self.clock, self.concat = prior, clock, concat
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.prior.weight_bytes
 
     def new_cache(self, rows, max_len=None, capacity=None):
         if self.concat:
@@ -66,7 +88,7 @@ class TimedPrior:
         start = time.perf_counter()
         logits = self.prior.step(cache, previous)
         synchronize(self.prior.device)
-        self.seconds += time.perf_counter() - start
+        self.clock.intervals.append((start, time.perf_counter()))
         return logits
 
 
@@ -249,12 +271,12 @@ def run(mode: str, args: argparse.Namespace) -> dict:
     compiled = args.compile and mode == "batched"
     if compiled:
         priors = [prior.compile_step() for prior in priors]
-    timed = [TimedPrior(p, concat=mode == "upstream") for p in priors]
+    clock = PriorClock()
+    timed = [TimedPrior(p, clock, concat=mode == "upstream") for p in priors]
     with torch.inference_mode():  # untimed, so that one-time costs (a GPU's libraries and kernels
         # loaded, memory pools grown: seconds, once; compiled, the tracing) are in neither figure
         search(timed, likelihood, mixture if compiled else mixture[:, :WARM_UP_STEPS], args.beams)
-    for prior in timed:
-        prior.seconds = 0.0
+    clock.intervals.clear()
     gc.collect()
     with SearchMemory(device) as memory:
         synchronize(device)
@@ -266,7 +288,7 @@ def run(mode: str, args: argparse.Namespace) -> dict:
         seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
-        "prior_seconds": sum(t.seconds for t in timed),
+        "prior_seconds": clock.seconds,
         "peak_mb": memory.peak_mb,
         "tokens": [t.cpu().numpy() for t in tokens],
         "config": priors[0].config,

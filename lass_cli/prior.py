@@ -759,6 +759,11 @@ class Prior(nn.Module):
     def device(self) -> torch.device:
         return self.prior.x_emb.weight.device
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights, all of which a step reads (tied ones once)."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
     def set_compute_dtype(self, dtype: torch.dtype) -> Prior:
         """Cast the projections (the bulk of the weights) to ``dtype``; the rest stays float32."""
         self._forget_plan()

@@ -15,7 +15,9 @@ a small interface (``new_cache(rows, max_len, capacity)``, ``step(cache, previou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +29,8 @@ SELECTIONS = ("mixture", "priors", "posterior")
 COMPATS = ("none", "upstream")  # upstream: the original LASS code's decisions (docs/upstream.md)
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all), for progress bars
 _PRIOR_TOP = 64  # sampling without top_k: tokens per prior combined where the priors decide alone
+# Priors of at least this many bytes of weights each step side by side on a CPU (_both_priors).
+SIDE_BY_SIDE_FROM = 256 << 20
 
 
 class Cache(Protocol):
@@ -119,11 +123,49 @@ class SearchResult:
 def _log_probs(
     prior: PriorLike, cache: Cache, previous: torch.Tensor | None, temperature: float, upstream: bool = False
 ) -> torch.Tensor:
-    logits = prior.step(cache, previous)
-    logits = logits / temperature if temperature != 1.0 or upstream else logits
-    if upstream:  # torch.distributions.Categorical's normalisation, as the original code calls it
-        return logits - logits.logsumexp(dim=-1, keepdim=True)
-    return torch.log_softmax(logits, dim=-1)
+    with torch.inference_mode():  # thread-local: a worker thread of _both_priors enters it itself
+        logits = prior.step(cache, previous)
+        logits = logits / temperature if temperature != 1.0 or upstream else logits
+        if upstream:  # torch.distributions.Categorical's normalisation, as the original code calls it
+            return logits - logits.logsumexp(dim=-1, keepdim=True)
+        return torch.log_softmax(logits, dim=-1)
+
+
+_StepPriors = Callable[[list, tuple], tuple[torch.Tensor, torch.Tensor]]  # (caches, previous) -> lp1, lp2
+
+
+@contextmanager
+def _both_priors(
+    priors: tuple[PriorLike, PriorLike], device: torch.device, temperature: float, upstream: bool = False
+) -> Iterator[_StepPriors]:
+    """A function that steps both priors once, their caches and previous tokens given, and returns
+    both log-probabilities (rows, K).
+
+    Priors whose weights stream from memory (``weight_bytes`` at least :data:`SIDE_BY_SIDE_FROM`
+    each) step side by side on a CPU with two or more threads, each in a thread of its own with half
+    the threads: a step's products wait on memory and between them one core runs small operations
+    while the other idles, so two priors fill each other's gaps (the full-size search's step 12-14 %
+    faster on 2 cores). Smaller priors, whose weights stay in the cache, step one after the other,
+    as on CUDA: side by side they were 4-30 % slower (their products are not waiting on memory, and
+    the main thread's OpenMP workers still spin on the cores after its own operations;
+    ``docs/benchmarks.md``). Logits side by side differ from one thread's within float rounding
+    (MKL packs a weight for the thread count that packs it)."""
+    threads = torch.get_num_threads()
+
+    def one(prior: PriorLike, cache: Cache, previous: torch.Tensor | None) -> torch.Tensor:
+        return _log_probs(prior, cache, previous, temperature, upstream)
+
+    large = all(getattr(prior, "weight_bytes", 0) >= SIDE_BY_SIDE_FROM for prior in priors)
+    if device.type != "cpu" or threads < 2 or not large:
+        yield lambda caches, previous: (one(priors[0], caches[0], previous[0]), one(priors[1], caches[1], previous[1]))
+        return
+    with ThreadPoolExecutor(2, "lass-prior", initializer=torch.set_num_threads, initargs=(threads // 2,)) as pool:
+
+        def side_by_side(caches: list, previous: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+            first, second = (pool.submit(one, *args) for args in zip(priors, caches, previous))
+            return first.result(), second.result()
+
+        yield side_by_side
 
 
 def _pad_to(scores: torch.Tensor, size: int) -> torch.Tensor:
@@ -217,17 +259,15 @@ def beam_search(
     state = _BeamState.start(priors, windows, length, beams, device)
     cum = torch.zeros(windows, 1, device=device, dtype=torch.float64)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    for t in range(length):
-        rows = cum.shape[1]
-        lp1, lp2 = (
-            _log_probs(prior, cache, prev, temperature).view(windows, rows, -1)
-            for prior, cache, prev in zip(priors, state.caches, previous)
-        )
-        c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
-        cum, parent, column = _select(cum, post, beams)
-        previous = _advance(t, state, (c1, c2), parent, column)
-        if on_step is not None:
-            on_step(t + 1, length)
+    with _both_priors(priors, device, temperature) as step_priors:
+        for t in range(length):
+            rows = cum.shape[1]
+            lp1, lp2 = (lp.view(windows, rows, -1) for lp in step_priors(state.caches, previous))
+            c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
+            cum, parent, column = _select(cum, post, beams)
+            previous = _advance(t, state, (c1, c2), parent, column)
+            if on_step is not None:
+                on_step(t + 1, length)
     # Trace every final beam back (the first is the best): the candidates for posterior-mean masks.
     order = cum.argsort(dim=1, descending=True)
     tokens = _trace(state, order)
@@ -262,32 +302,30 @@ def upstream_beam_search(
     state = _BeamState.start(priors, windows, length, beams, device)
     cum = torch.zeros(windows, 1, device=device)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    for t in range(length):
-        rows = cum.shape[1]
-        lp1, lp2 = (
-            _log_probs(prior, cache, prev, temperature, upstream=True).view(windows, rows, -1)
-            for prior, cache, prev in zip(priors, state.caches, previous)
-        )
-        c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
-        totals = cum[:, :, None] + post
-        kept = torch.full((windows, beams), float("-inf"), device=device)
-        flat = torch.zeros(windows, beams, dtype=torch.long, device=device)
-        # Each window's own candidates: the padding of a batch is cut off (its last finite column).
-        finite = torch.isfinite(post).any(1)
-        widths = torch.where(finite, torch.arange(1, post.shape[2] + 1, device=device), 0).amax(1).tolist()
-        for w, width in enumerate(widths):
-            values, order = torch.sort(totals[w, :, :width].reshape(-1))
-            count = min(beams, len(values))
-            kept[w, beams - count :] = values[len(values) - count :]
-            index = order[len(order) - count :]  # the original's flat index, row * width + pair
-            flat[w, beams - count :] = (index // width) * post.shape[2] + index % width
-        parent, column = flat // post.shape[2], flat % post.shape[2]
-        ranked = kept
-        full = torch.isfinite(kept).all(1, keepdim=True)
-        cum = torch.where(full, kept.gather(1, parent), kept)  # the original's log_post_sum[beams]
-        previous = _advance(t, state, (c1, c2), parent, column)
-        if on_step is not None:
-            on_step(t + 1, length)
+    with _both_priors(priors, device, temperature, upstream=True) as step_priors:
+        for t in range(length):
+            rows = cum.shape[1]
+            lp1, lp2 = (lp.view(windows, rows, -1) for lp in step_priors(state.caches, previous))
+            c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
+            totals = cum[:, :, None] + post
+            kept = torch.full((windows, beams), float("-inf"), device=device)
+            flat = torch.zeros(windows, beams, dtype=torch.long, device=device)
+            # Each window's own candidates: the padding of a batch is cut off (its last finite column).
+            finite = torch.isfinite(post).any(1)
+            widths = torch.where(finite, torch.arange(1, post.shape[2] + 1, device=device), 0).amax(1).tolist()
+            for w, width in enumerate(widths):
+                values, order = torch.sort(totals[w, :, :width].reshape(-1))
+                count = min(beams, len(values))
+                kept[w, beams - count :] = values[len(values) - count :]
+                index = order[len(order) - count :]  # the original's flat index, row * width + pair
+                flat[w, beams - count :] = (index // width) * post.shape[2] + index % width
+            parent, column = flat // post.shape[2], flat % post.shape[2]
+            ranked = kept
+            full = torch.isfinite(kept).all(1, keepdim=True)
+            cum = torch.where(full, kept.gather(1, parent), kept)  # the original's log_post_sum[beams]
+            previous = _advance(t, state, (c1, c2), parent, column)
+            if on_step is not None:
+                on_step(t + 1, length)
     # The last beam is the answer; the others follow, last kept first (candidates for masks).
     tokens = _trace(state, torch.arange(beams - 1, -1, -1, device=device).expand(windows, beams))
     alive = torch.isfinite(ranked)
@@ -334,20 +372,18 @@ def sample_search(
     cum = torch.zeros(windows, n, device=device, dtype=torch.float64)
     prior_cum = torch.zeros_like(cum)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    for t in range(length):
-        lp1, lp2 = (
-            _log_probs(prior, cache, prev, options.temperature).view(windows, n, -1)
-            for prior, cache, prev in zip(priors, caches, previous)
-        )
-        c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, options.top_k or _PRIOR_TOP)
-        pick = _gumbel_argmax(_top_k_mask(post, options.top_k), generator)[..., None]
-        z1, z2 = c1.gather(2, pick), c2.gather(2, pick)
-        cum += post.gather(2, pick)[..., 0].double()
-        prior_cum += (lp1.gather(2, z1) + lp2.gather(2, z2))[..., 0].double()
-        tokens[0, :, :, t], tokens[1, :, :, t] = z1[..., 0], z2[..., 0]
-        previous = (z1.reshape(-1), z2.reshape(-1))
-        if on_step is not None:
-            on_step(t + 1, length)
+    with _both_priors(priors, device, options.temperature) as step_priors:
+        for t in range(length):
+            lp1, lp2 = (lp.view(windows, n, -1) for lp in step_priors(caches, previous))
+            c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, options.top_k or _PRIOR_TOP)
+            pick = _gumbel_argmax(_top_k_mask(post, options.top_k), generator)[..., None]
+            z1, z2 = c1.gather(2, pick), c2.gather(2, pick)
+            cum += post.gather(2, pick)[..., 0].double()
+            prior_cum += (lp1.gather(2, z1) + lp2.gather(2, z2))[..., 0].double()
+            tokens[0, :, :, t], tokens[1, :, :, t] = z1[..., 0], z2[..., 0]
+            previous = (z1.reshape(-1), z2.reshape(-1))
+            if on_step is not None:
+                on_step(t + 1, length)
     if options.select == "mixture" and decode is not None and mixture_audio is not None:
         error = torch.stack([_mixture_error(decode, tokens[:, w], mixture_audio[w]) for w in range(windows)])
         best = error.to(device).argmin(dim=1)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
+from lass_cli import search as search_module
 from lass_cli.likelihood import Counts
 from lass_cli.search import SearchOptions, beam_search, search
 
@@ -154,3 +157,48 @@ def test_an_empty_likelihood_leaves_the_priors_alone():
         assert float(result.scores[w]) == pytest.approx(score, abs=1e-5)
     sampled = search(priors, empty.likelihood(), mixture, SearchOptions(method="sample", samples=2, top_k=3))
     assert sampled.fallback_steps.tolist() == [8, 8] and torch.isfinite(sampled.scores).all()
+
+
+class _Witnessed:
+    """A prior that notes, at every step, the thread it ran in and that thread's torch threads."""
+
+    def __init__(self, prior, seen: list[tuple[int, int]]) -> None:
+        self.prior, self.seen, self.weight_bytes = prior, seen, prior.weight_bytes
+
+    def new_cache(self, rows, max_len=None, capacity=None):
+        return self.prior.new_cache(rows, max_len, capacity)
+
+    def step(self, cache, previous):
+        self.seen.append((threading.get_ident(), torch.get_num_threads()))
+        return self.prior.step(cache, previous)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [SearchOptions(beams=4), SearchOptions(beams=4, compat="upstream"), SearchOptions(method="sample", samples=3)],
+    ids=["beam", "upstream", "sample"],
+)
+def test_priors_past_the_threshold_step_side_by_side_and_choose_the_same_tokens(monkeypatch, options):
+    """On a CPU with two threads, priors of at least SIDE_BY_SIDE_FROM bytes each step in two
+    threads of one torch thread each; the search chooses what it chooses one after the other."""
+    priors, likelihood = make_priors(4), random_counts(4).likelihood()
+    mixture = torch.randint(0, BINS, (3, 14), generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[tuple[int, int]] = []
+        alone = search(tuple(_Witnessed(p, seen) for p in priors), likelihood, mixture, options)
+        assert {ident for ident, _ in seen} == {threading.get_ident()}  # small priors: one after the other
+        monkeypatch.setattr(search_module, "SIDE_BY_SIDE_FROM", min(p.weight_bytes for p in priors))
+        seen.clear()
+        together = search(tuple(_Witnessed(p, seen) for p in priors), likelihood, mixture, options)
+        assert len(seen) == 2 * 14 and threading.get_ident() not in {ident for ident, _ in seen}
+        assert len({ident for ident, _ in seen}) == 2 and {count for _, count in seen} == {1}
+        torch.set_num_threads(1)  # one thread: nothing to share
+        seen.clear()
+        search(tuple(_Witnessed(p, seen) for p in priors), likelihood, mixture, options)
+        assert {ident for ident, _ in seen} == {threading.get_ident()}
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone.tokens[0], together.tokens[0]) and torch.equal(alone.tokens[1], together.tokens[1])
+    torch.testing.assert_close(alone.scores, together.scores, atol=1e-5, rtol=1e-6)
