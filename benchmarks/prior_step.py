@@ -21,7 +21,10 @@ come from the cache); "search", the ancestry a real beam search has at that posi
 model's, B = 10, on the example's first windows, its reorders replayed), where a window's beams
 share most of their keys and differ in the last few positions; "distinct", every row its own
 history from the first position (they come from memory), a bound that no beam search reaches
-(``step_timer``). The C allocator keeps freed blocks, as
+(``step_timer``). Last, "x2": both priors of a model (two full-size priors of random weights; the
+embedded drums and bass) stepped at once as a search steps them (``lass_cli.search``: side by side
+in two threads on a CPU where their weights are large, one after the other otherwise), with a real
+search's ancestry, their FLOPs both priors'. The C allocator keeps freed blocks, as
 the `lass` command sets it (``lass_cli.allocator``): a step's activations are reused, not faulted
 in anew.
 
@@ -49,7 +52,7 @@ import torch
 from lass_cli.allocator import keep_freed_memory
 from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig, _linear, _PackedWeight
 from lass_cli.registry import load_registry, require
-from lass_cli.search import beam_search
+from lass_cli.search import _both_priors, beam_search
 
 WINDOW = 1024
 POSITIONS = {"early": 100, "late": 900}
@@ -161,19 +164,44 @@ def ancestry_of(histories: str, rows: int, t: int, searched: dict[int, torch.Ten
     return (slots if histories == "distinct" else slots // BEAMS * BEAMS)[:, None].expand(rows, t)
 
 
-def step_timer(prior: Prior, rows: int, t: int, ancestry: torch.Tensor) -> Callable[[], float]:
-    """A function timing one step of ``rows`` rows at position t, in seconds, the cache's keys
-    random and its ancestry (rows, t) given (:func:`ancestry_of`)."""
+def filled_cache(prior: Prior, rows: int, t: int, ancestry: torch.Tensor):
+    """A cache of ``rows`` rows at position t, its keys random and its ancestry (rows, t) given."""
     cache = prior.new_cache(rows=rows, max_len=WINDOW)
     for store in cache._stores.values():
         store.normal_()
     cache._ancestry[:rows, :t] = ancestry
+    return cache
+
+
+def step_timer(prior: Prior, rows: int, t: int, ancestry: torch.Tensor) -> Callable[[], float]:
+    """A function timing one step of ``rows`` rows at position t, in seconds, the cache's keys
+    random and its ancestry (rows, t) given (:func:`ancestry_of`)."""
+    cache = filled_cache(prior, rows, t, ancestry)
     previous = torch.randint(0, prior.config.bins, (rows,))
 
     def one() -> float:
         cache.t = t
         start = time.perf_counter()
         prior.step(cache, previous)
+        return time.perf_counter() - start
+
+    one(), one()  # to warm up: the second packs the weights for these rows
+    return one
+
+
+def pair_timer(
+    priors: tuple[Prior, Prior], rows: int, t: int, ancestry: torch.Tensor, step_priors: Callable
+) -> Callable[[], float]:
+    """:func:`step_timer` for both priors at once, stepped by ``step_priors`` (``lass_cli.search``'s
+    own, side by side where the search steps them so)."""
+    caches = [filled_cache(prior, rows, t, ancestry) for prior in priors]
+    previous = tuple(torch.randint(0, prior.config.bins, (rows,)) for prior in priors)
+
+    def one() -> float:
+        for cache in caches:
+            cache.t = t
+        start = time.perf_counter()
+        step_priors(caches, previous)
         return time.perf_counter() - start
 
     one(), one()  # to warm up: the second packs the weights for these rows
@@ -206,6 +234,25 @@ def matmul_timer(
     return one
 
 
+def alternate(step: Callable[[], float], hot: Callable[[], float], repeats: int) -> tuple[list[float], float]:
+    """``repeats`` steps, each after a round of the hot matmul, so that both see the machine's same
+    moments: the steps' seconds and the best matmul GFLOP/s."""
+    times, best = [], 0.0
+    for _ in range(repeats):
+        best = max(best, hot())
+        times.append(step())
+    return times, best
+
+
+def table_line(model: str, priors: int, rows: int, histories: str, where: str, t: int, times: list[float],
+         config: PriorConfig) -> dict:  # fmt: skip
+    """One line of the table: ``priors`` priors of ``config``'s shape, ``rows`` rows each."""
+    flops = priors * rows * step_flops(config, t)
+    return {"model": model, "priors": priors, "rows": rows, "histories": histories, "position": where, "t": t,
+            "ms_best": 1000 * min(times), "ms_median": 1000 * sorted(times)[len(times) // 2],
+            "gflop": flops / 1e9, "gflops": flops / min(times) / 1e9}  # fmt: skip
+
+
 def best_gflops(timer: Callable[[], float]) -> float:
     return max(timer() for _ in range(ROUNDS))
 
@@ -223,11 +270,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models = {}
+    models, pairs = {}, {}
     if not args.no_full:
         models["small_prior (full)"] = Prior(PriorConfig()).requires_grad_(False)
+        pairs["small_prior (full)"] = tuple(Prior(PriorConfig()).requires_grad_(False) for _ in range(2))
     spec = load_registry()["synth-drums-bass"]
     models["synth-drums-bass drums"] = Prior.from_checkpoint(require(spec, spec.priors["drums"]))
+    pairs["synth-drums-bass drums"] = tuple(Prior.from_checkpoint(require(spec, spec.priors[s])) for s in spec.stems)
     results, searched = [], {}
     for name, prior in models.items():
         config = prior.config
@@ -241,14 +290,15 @@ def main() -> None:
             lines, limit = [], 0.0  # one reference per row count: the best matmul round of all its lines
             for histories, (where, t) in itertools.product(HISTORIES, POSITIONS.items()):
                 ancestry = ancestry_of(histories, rows, t, searched[rows])
-                step, times = step_timer(prior, rows, t, ancestry), []
-                for _ in range(args.repeats):  # alternately, so that both see the machine's same moments
-                    limit = max(limit, hot())
-                    times.append(step())
-                flops = rows * step_flops(config, t)
-                lines.append({"model": name, "rows": rows, "histories": histories, "position": where, "t": t,
-                              "ms_best": 1000 * min(times), "ms_median": 1000 * sorted(times)[len(times) // 2],
-                              "gflop": flops / 1e9, "gflops": flops / min(times) / 1e9})  # fmt: skip
+                times, best = alternate(step_timer(prior, rows, t, ancestry), hot, args.repeats)
+                lines.append(table_line(name, 1, rows, histories, where, t, times, config))
+                limit = max(limit, best)
+            with _both_priors(pairs[name], torch.device("cpu"), 1.0) as step_priors:
+                for where, t in POSITIONS.items():
+                    ancestry = ancestry_of("search", rows, t, searched[rows])
+                    times, best = alternate(pair_timer(pairs[name], rows, t, ancestry, step_priors), hot, args.repeats)
+                    lines.append(table_line(f"{name.split()[0]} x2", 2, rows, "search", where, t, times, config))
+                    limit = max(limit, best)
             for line in lines:
                 gflops, median_gflops = line["gflops"], line["gflop"] / line["ms_median"] * 1e3
                 line.update({"matmul_gflops": limit, "efficiency": gflops / limit,
