@@ -160,16 +160,19 @@ def test_an_empty_likelihood_leaves_the_priors_alone():
 
 
 class _Witnessed:
-    """A prior that notes, at every step, the thread it ran in and that thread's torch threads."""
+    """A prior that notes, at every step, the thread it ran in and that thread's torch threads;
+    with a ``meeting`` (a barrier of two) a step waits there for the other prior's to begin."""
 
-    def __init__(self, prior, seen: list[tuple[int, int]]) -> None:
-        self.prior, self.seen, self.weight_bytes = prior, seen, prior.weight_bytes
+    def __init__(self, prior, seen: list[tuple[int, int]], meeting: threading.Barrier | None = None) -> None:
+        self.prior, self.seen, self.meeting, self.weight_bytes = prior, seen, meeting, prior.weight_bytes
 
     def new_cache(self, rows, max_len=None, capacity=None):
         return self.prior.new_cache(rows, max_len, capacity)
 
     def step(self, cache, previous):
         self.seen.append((threading.get_ident(), torch.get_num_threads()))
+        if self.meeting is not None:
+            self.meeting.wait(timeout=30)  # broken (an error) unless both priors step at once
         return self.prior.step(cache, previous)
 
 
@@ -179,8 +182,8 @@ class _Witnessed:
     ids=["beam", "upstream", "sample"],
 )
 def test_priors_past_the_threshold_step_side_by_side_and_choose_the_same_tokens(monkeypatch, options):
-    """On a CPU with two threads, priors of at least SIDE_BY_SIDE_FROM bytes each step in two
-    threads of one torch thread each; the search chooses what it chooses one after the other."""
+    """On a CPU with two threads, priors of at least SIDE_BY_SIDE_FROM bytes each step at once, in
+    two threads of one torch thread each; the search chooses what it chooses one after the other."""
     priors, likelihood = make_priors(4), random_counts(4).likelihood()
     mixture = torch.randint(0, BINS, (3, 14), generator=torch.Generator().manual_seed(4))
     threads = torch.get_num_threads()
@@ -191,7 +194,8 @@ def test_priors_past_the_threshold_step_side_by_side_and_choose_the_same_tokens(
         assert {ident for ident, _ in seen} == {threading.get_ident()}  # small priors: one after the other
         monkeypatch.setattr(search_module, "SIDE_BY_SIDE_FROM", min(p.weight_bytes for p in priors))
         seen.clear()
-        together = search(tuple(_Witnessed(p, seen) for p in priors), likelihood, mixture, options)
+        meeting = threading.Barrier(2)
+        together = search(tuple(_Witnessed(p, seen, meeting) for p in priors), likelihood, mixture, options)
         assert len(seen) == 2 * 14 and threading.get_ident() not in {ident for ident, _ in seen}
         assert len({ident for ident, _ in seen}) == 2 and {count for _, count in seen} == {1}
         torch.set_num_threads(1)  # one thread: nothing to share
