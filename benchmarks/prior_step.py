@@ -280,12 +280,11 @@ def main() -> None:
     results, searched = [], {}
     for name, prior in models.items():
         config = prior.config
-        weight_bytes = sum(p.numel() * p.element_size() for p in prior.parameters())
         for rows in [int(r) for r in args.rows.split(",")]:
             if rows not in searched:
                 searched[rows] = search_ancestries(rows, list(POSITIONS.values()))
             hot = matmul_timer(rows, config.prior_width, config.bins, 20)
-            streamed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, weight_bytes))
+            streamed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, prior.weight_bytes))
             packed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, packed=True))
             lines, limit = [], 0.0  # one reference per row count: the best matmul round of all its lines
             for histories, (where, t) in itertools.product(HISTORIES, POSITIONS.items()):
