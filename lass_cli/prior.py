@@ -477,7 +477,8 @@ class PriorCache:
     Only what factored attention reads is kept, per kind one tensor
     ``(layers, kept positions, capacity, 2 * n_state)`` (key and value side by side): row layers a ring
     of one row (``block_ctx`` positions), previous-row layers a ring of two rows, column layers every
-    position up to ``max_len``.
+    position up to ``max_len``. With ``streams`` = 2 the cache serves two priors of the config, their
+    keys and values side by side (:mod:`lass_cli.twins`).
 
     With ``fixed_shapes`` every step gathers the same number of keys per kind (a whole row, every
     row's position of the column), masking those the query may not see yet, and reads the step
@@ -496,7 +497,7 @@ class PriorCache:
 
     def __init__(
         self, config: PriorConfig, rows: int, capacity: int, max_len: int, device: torch.device, dtype: torch.dtype,
-        fixed_shapes: bool = False,
+        fixed_shapes: bool = False, streams: int = 1,
     ) -> None:  # fmt: skip
         if max_len > config.n_ctx:
             raise ValueError(f"max_len {max_len} exceeds the prior's context of {config.n_ctx}")
@@ -511,7 +512,10 @@ class PriorCache:
         # Rings never wrap below max_len, so shorter contexts keep fewer positions.
         self._kept = {ROW: min(bc, max_len), PREVIOUS_ROW: min(2 * bc, max_len), COLUMN: max_len}
         longest = {ROW: bc, PREVIOUS_ROW: bc, COLUMN: -(-max_len // bc)}
-        width = 2 * config.n_state
+        # ``streams`` priors of this config (:mod:`lass_cli.twins`) keep their keys side by side,
+        # all keys then all values: [k_1 .. k_n, v_1 .. v_n] a position.
+        state = streams * config.n_state
+        width = 2 * state
         self._key_bytes = width * torch.finfo(dtype).bits // 8  # a position's key and value
         # One flat tensor per kind (what a compiled step writes into in place) and its (layers, kept,
         # capacity) view. Uninitialised where a position is always written before a row reads it;
@@ -553,7 +557,7 @@ class PriorCache:
                 kind: torch.empty(capacity * longest[kind], dtype=torch.long, device=device) for kind in self._kept
             }
             self._write_at: dict[int, int] = {}
-            self._grouped_queries = torch.zeros(2 * capacity, config.n_state, device=device, dtype=dtype)
+            self._grouped_queries = torch.zeros(2 * capacity, state, device=device, dtype=dtype)
             self._ring_offsets = {kind: torch.arange(n, device=device) * capacity for kind, n in self._kept.items()}
             self._layer_flat = [self._stores[kind][slot].view(-1, width) for kind, slot in zip(kinds, self._slot)]
 
@@ -758,6 +762,11 @@ class Prior(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.prior.x_emb.weight.device
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs through ``torch.compile`` (:meth:`compile_step`)."""
+        return self._compiled is not None
 
     @property
     def weight_bytes(self) -> int:

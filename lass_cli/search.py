@@ -24,12 +24,15 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from .twins import TwinPriors, can_step_as_twins
+
 METHODS = ("beam", "greedy", "sample")
 SELECTIONS = ("mixture", "priors", "posterior")
 COMPATS = ("none", "upstream")  # upstream: the original LASS code's decisions (docs/upstream.md)
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all), for progress bars
 _PRIOR_TOP = 64  # sampling without top_k: tokens per prior combined where the priors decide alone
-# Priors of at least this many bytes of weights each step side by side on a CPU (_both_priors).
+# Priors of at least this many bytes of weights each step side by side on a CPU, smaller ones of
+# one config as twins (_both_priors).
 SIDE_BY_SIDE_FROM = 256 << 20
 
 
@@ -120,44 +123,71 @@ class SearchResult:
                             self.fallback_steps[part], candidates)  # fmt: skip
 
 
+def _normalised(logits: torch.Tensor, temperature: float, upstream: bool = False) -> torch.Tensor:
+    """Log-probabilities (rows, K) from a prior's logits."""
+    logits = logits / temperature if temperature != 1.0 or upstream else logits
+    if upstream:  # torch.distributions.Categorical's normalisation, as the original code calls it
+        return logits - logits.logsumexp(dim=-1, keepdim=True)
+    return torch.log_softmax(logits, dim=-1)
+
+
 def _log_probs(
     prior: PriorLike, cache: Cache, previous: torch.Tensor | None, temperature: float, upstream: bool = False
 ) -> torch.Tensor:
     with torch.inference_mode():  # thread-local: a worker thread of _both_priors enters it itself
-        logits = prior.step(cache, previous)
-        logits = logits / temperature if temperature != 1.0 or upstream else logits
-        if upstream:  # torch.distributions.Categorical's normalisation, as the original code calls it
-            return logits - logits.logsumexp(dim=-1, keepdim=True)
-        return torch.log_softmax(logits, dim=-1)
+        return _normalised(prior.step(cache, previous), temperature, upstream)
 
 
-_StepPriors = Callable[[list, tuple], tuple[torch.Tensor, torch.Tensor]]  # (caches, previous) -> lp1, lp2
+@dataclass(frozen=True)
+class _PriorSteps:
+    """How a sampler steps both priors: ``new_caches(rows, max_len, capacity)`` gives the caches
+    (one per prior, or one for twins) that every row reorder applies to, and ``step(caches,
+    previous)`` both log-probabilities (rows, K), the previous tokens given per prior."""
+
+    new_caches: Callable[..., list]
+    step: Callable[[list, tuple], tuple[torch.Tensor, torch.Tensor]]
 
 
 @contextmanager
 def _both_priors(
     priors: tuple[PriorLike, PriorLike], device: torch.device, temperature: float, upstream: bool = False
-) -> Iterator[_StepPriors]:
-    """A function that steps both priors once, their caches and previous tokens given, and returns
-    both log-probabilities (rows, K).
+) -> Iterator[_PriorSteps]:
+    """How both priors step (:class:`_PriorSteps`); three ways, each for what it is fastest at.
 
-    Priors whose weights stream from memory (``weight_bytes`` at least :data:`SIDE_BY_SIDE_FROM`
-    each) step side by side on a CPU with two or more threads, each in a thread of its own with half
-    the threads: a step's products wait on memory and between them one core runs small operations
-    while the other idles, so two priors fill each other's gaps (the full-size search's step 12-14 %
-    faster on 2 cores). Smaller priors, whose weights stay in the cache, step one after the other,
-    as on CUDA: side by side they were 4-30 % slower (their products are not waiting on memory, and
-    the main thread's OpenMP workers still spin on the cores after its own operations;
-    ``docs/benchmarks.md``). Logits side by side differ from one thread's within float rounding
-    (MKL packs a weight for the thread count that packs it)."""
+    - Small priors of one config (:func:`lass_cli.twins.can_step_as_twins`: below
+      :data:`SIDE_BY_SIDE_FROM` each, at most 768 wide) step as twins, one stacked computation and
+      one cache for both: at the embedded model's size a step is mostly per-operation cost, which
+      this halves (its beam search 20 % faster; widths 256-768 12-22 %).
+    - Priors whose weights stream from memory (``weight_bytes`` at least :data:`SIDE_BY_SIDE_FROM`
+      each) step side by side on a CPU with two or more threads, each in a thread of its own with
+      half the threads: a step's products wait on memory and between them one core runs small
+      operations while the other idles, so two priors fill each other's gaps (the full-size
+      search's step 12-14 % faster on 2 cores). Small priors side by side were 4-30 % slower (their
+      products are not waiting on memory, and the main thread's OpenMP workers still spin on the
+      cores after its own operations; ``docs/benchmarks.md``). Logits side by side differ from one
+      thread's within float rounding (MKL packs a weight for the thread count that packs it).
+    - Otherwise (different configs, compiled priors, CUDA for large ones, one thread) one after
+      the other."""
     threads = torch.get_num_threads()
 
     def one(prior: PriorLike, cache: Cache, previous: torch.Tensor | None) -> torch.Tensor:
         return _log_probs(prior, cache, previous, temperature, upstream)
 
+    def separate_caches(rows: int, max_len: int | None = None, capacity: int | None = None) -> list:
+        return [prior.new_cache(rows=rows, max_len=max_len, capacity=capacity) for prior in priors]
+
+    if can_step_as_twins(priors, SIDE_BY_SIDE_FROM):
+        twins = TwinPriors(priors)  # type: ignore[arg-type]
+
+        def together(caches: list, previous: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+            both = _normalised(twins.step(caches[0], None if previous[0] is None else previous), temperature, upstream)
+            return both[0], both[1]
+
+        yield _PriorSteps(lambda *args: [twins.new_cache(*args)], together)
+        return
     large = all(getattr(prior, "weight_bytes", 0) >= SIDE_BY_SIDE_FROM for prior in priors)
     if device.type != "cpu" or threads < 2 or not large:
-        yield lambda caches, previous: (one(priors[0], caches[0], previous[0]), one(priors[1], caches[1], previous[1]))
+        yield _PriorSteps(separate_caches, lambda caches, previous: tuple(map(one, priors, caches, previous)))
         return
     with ThreadPoolExecutor(2, "lass-prior", initializer=torch.set_num_threads, initargs=(threads // 2,)) as pool:
 
@@ -165,7 +195,7 @@ def _both_priors(
             first, second = (pool.submit(one, *args) for args in zip(priors, caches, previous))
             return first.result(), second.result()
 
-        yield side_by_side
+        yield _PriorSteps(separate_caches, side_by_side)
 
 
 def _pad_to(scores: torch.Tensor, size: int) -> torch.Tensor:
@@ -203,8 +233,8 @@ class _BeamState:
     window_index: torch.Tensor  # (W, 1), made once per search
 
     @classmethod
-    def start(cls, priors, windows: int, length: int, beams: int, device: torch.device) -> _BeamState:
-        caches = [prior.new_cache(rows=windows, max_len=length, capacity=windows * beams) for prior in priors]
+    def start(cls, steps: _PriorSteps, windows: int, length: int, beams: int, device: torch.device) -> _BeamState:
+        caches = steps.new_caches(windows, length, windows * beams)
         parents = torch.zeros(length, windows, beams, dtype=torch.long, device=device)
         chosen = torch.zeros(2, length, windows, beams, dtype=torch.long, device=device)
         return cls(caches, parents, chosen, torch.arange(windows, device=device)[:, None])
@@ -256,13 +286,13 @@ def beam_search(
     device = likelihood.device
     plan = likelihood.plan(mixture)
     windows, length = plan.fallback.shape
-    state = _BeamState.start(priors, windows, length, beams, device)
     cum = torch.zeros(windows, 1, device=device, dtype=torch.float64)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    with _both_priors(priors, device, temperature) as step_priors:
+    with _both_priors(priors, device, temperature) as steps:
+        state = _BeamState.start(steps, windows, length, beams, device)
         for t in range(length):
             rows = cum.shape[1]
-            lp1, lp2 = (lp.view(windows, rows, -1) for lp in step_priors(state.caches, previous))
+            lp1, lp2 = (lp.view(windows, rows, -1) for lp in steps.step(state.caches, previous))
             c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
             cum, parent, column = _select(cum, post, beams)
             previous = _advance(t, state, (c1, c2), parent, column)
@@ -299,13 +329,13 @@ def upstream_beam_search(
     device = likelihood.device
     plan = likelihood.plan(mixture)
     windows, length = plan.fallback.shape
-    state = _BeamState.start(priors, windows, length, beams, device)
     cum = torch.zeros(windows, 1, device=device)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    with _both_priors(priors, device, temperature, upstream=True) as step_priors:
+    with _both_priors(priors, device, temperature, upstream=True) as steps:
+        state = _BeamState.start(steps, windows, length, beams, device)
         for t in range(length):
             rows = cum.shape[1]
-            lp1, lp2 = (lp.view(windows, rows, -1) for lp in step_priors(state.caches, previous))
+            lp1, lp2 = (lp.view(windows, rows, -1) for lp in steps.step(state.caches, previous))
             c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, beams)
             totals = cum[:, :, None] + post
             kept = torch.full((windows, beams), float("-inf"), device=device)
@@ -367,14 +397,14 @@ def sample_search(
     windows, length = plan.fallback.shape
     n = options.samples
     generator = torch.Generator(device=device).manual_seed(options.seed)
-    caches = [prior.new_cache(rows=windows * n, max_len=length) for prior in priors]
     tokens = torch.zeros(2, windows, n, length, dtype=torch.long, device=device)
     cum = torch.zeros(windows, n, device=device, dtype=torch.float64)
     prior_cum = torch.zeros_like(cum)
     previous: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    with _both_priors(priors, device, options.temperature) as step_priors:
+    with _both_priors(priors, device, options.temperature) as steps:
+        caches = steps.new_caches(windows * n, length)
         for t in range(length):
-            lp1, lp2 = (lp.view(windows, n, -1) for lp in step_priors(caches, previous))
+            lp1, lp2 = (lp.view(windows, n, -1) for lp in steps.step(caches, previous))
             c1, c2, post = likelihood.pairs(plan, t, lp1, lp2, options.top_k or _PRIOR_TOP)
             pick = _gumbel_argmax(_top_k_mask(post, options.top_k), generator)[..., None]
             z1, z2 = c1.gather(2, pick), c2.gather(2, pick)

@@ -206,3 +206,30 @@ def test_priors_past_the_threshold_step_side_by_side_and_choose_the_same_tokens(
         torch.set_num_threads(threads)
     assert torch.equal(alone.tokens[0], together.tokens[0]) and torch.equal(alone.tokens[1], together.tokens[1])
     torch.testing.assert_close(alone.scores, together.scores, atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [SearchOptions(beams=4), SearchOptions(beams=4, compat="upstream"), SearchOptions(method="sample", samples=3)],
+    ids=["beam", "upstream", "sample"],
+)
+def test_small_priors_of_one_config_step_as_twins_and_choose_the_same_tokens(monkeypatch, options):
+    """Every sampler steps two small priors of one config as twins (one stacked step and one cache
+    a step), and chooses what it chooses with the priors one after the other."""
+    priors, likelihood = make_priors(6), random_counts(6).likelihood()
+    mixture = torch.randint(0, BINS, (3, 14), generator=torch.Generator().manual_seed(6))
+    seen: list[tuple[int, int]] = []
+    alone = search(tuple(_Witnessed(p, seen) for p in priors), likelihood, mixture, options)
+    assert len(seen) == 2 * 14  # wrapped, they are not Priors: one after the other
+    caches: list[int] = []
+    twin_step = search_module.TwinPriors.step
+
+    def counted(self, cache, previous):
+        caches.append(id(cache))
+        return twin_step(self, cache, previous)
+
+    monkeypatch.setattr(search_module.TwinPriors, "step", counted)
+    twins = search(priors, likelihood, mixture, options)
+    assert len(caches) == 14 and len(set(caches)) == 1
+    assert torch.equal(alone.tokens[0], twins.tokens[0]) and torch.equal(alone.tokens[1], twins.tokens[1])
+    torch.testing.assert_close(alone.scores, twins.scores, atol=1e-5, rtol=1e-6)
