@@ -50,7 +50,7 @@ from collections.abc import Callable
 import torch
 
 from lass_cli.allocator import keep_freed_memory
-from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig, _linear, _PackedWeight
+from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorCache, PriorConfig, _linear, _PackedWeight
 from lass_cli.registry import load_registry, require
 from lass_cli.search import _both_priors, beam_search
 
@@ -164,9 +164,8 @@ def ancestry_of(histories: str, rows: int, t: int, searched: dict[int, torch.Ten
     return (slots if histories == "distinct" else slots // BEAMS * BEAMS)[:, None].expand(rows, t)
 
 
-def filled_cache(prior: Prior, rows: int, t: int, ancestry: torch.Tensor):
-    """A cache of ``rows`` rows at position t, its keys random and its ancestry (rows, t) given."""
-    cache = prior.new_cache(rows=rows, max_len=WINDOW)
+def filled_cache(cache: PriorCache, rows: int, t: int, ancestry: torch.Tensor) -> PriorCache:
+    """``cache`` (new, ``rows`` rows) at position t, its keys random and its ancestry (rows, t) given."""
     for store in cache._stores.values():
         store.normal_()
     cache._ancestry[:rows, :t] = ancestry
@@ -176,7 +175,7 @@ def filled_cache(prior: Prior, rows: int, t: int, ancestry: torch.Tensor):
 def step_timer(prior: Prior, rows: int, t: int, ancestry: torch.Tensor) -> Callable[[], float]:
     """A function timing one step of ``rows`` rows at position t, in seconds, the cache's keys
     random and its ancestry (rows, t) given (:func:`ancestry_of`)."""
-    cache = filled_cache(prior, rows, t, ancestry)
+    cache = filled_cache(prior.new_cache(rows=rows, max_len=WINDOW), rows, t, ancestry)
     previous = torch.randint(0, prior.config.bins, (rows,))
 
     def one() -> float:
@@ -189,19 +188,17 @@ def step_timer(prior: Prior, rows: int, t: int, ancestry: torch.Tensor) -> Calla
     return one
 
 
-def pair_timer(
-    priors: tuple[Prior, Prior], rows: int, t: int, ancestry: torch.Tensor, step_priors: Callable
-) -> Callable[[], float]:
-    """:func:`step_timer` for both priors at once, stepped by ``step_priors`` (``lass_cli.search``'s
-    own, side by side where the search steps them so)."""
-    caches = [filled_cache(prior, rows, t, ancestry) for prior in priors]
+def pair_timer(priors: tuple[Prior, Prior], rows: int, t: int, ancestry: torch.Tensor, steps) -> Callable[[], float]:
+    """:func:`step_timer` for both priors at once, stepped by ``steps`` (``lass_cli.search``'s own:
+    side by side or as twins where the search steps them so)."""
+    caches = [filled_cache(cache, rows, t, ancestry) for cache in steps.new_caches(rows, WINDOW)]
     previous = tuple(torch.randint(0, prior.config.bins, (rows,)) for prior in priors)
 
     def one() -> float:
         for cache in caches:
             cache.t = t
         start = time.perf_counter()
-        step_priors(caches, previous)
+        steps.step(caches, previous)
         return time.perf_counter() - start
 
     one(), one()  # to warm up: the second packs the weights for these rows
@@ -292,10 +289,10 @@ def main() -> None:
                 times, best = alternate(step_timer(prior, rows, t, ancestry), hot, args.repeats)
                 lines.append(table_line(name, 1, rows, histories, where, t, times, config))
                 limit = max(limit, best)
-            with _both_priors(pairs[name], torch.device("cpu"), 1.0) as step_priors:
+            with _both_priors(pairs[name], torch.device("cpu"), 1.0) as steps:
                 for where, t in POSITIONS.items():
                     ancestry = ancestry_of("search", rows, t, searched[rows])
-                    times, best = alternate(pair_timer(pairs[name], rows, t, ancestry, step_priors), hot, args.repeats)
+                    times, best = alternate(pair_timer(pairs[name], rows, t, ancestry, steps), hot, args.repeats)
                     lines.append(table_line(f"{name.split()[0]} x2", 2, rows, "search", where, t, times, config))
                     limit = max(limit, best)
             for line in lines:

@@ -41,6 +41,7 @@ from lass_cli.likelihood import Counts, Likelihood
 from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorConfig
 from lass_cli.search import beam_search
 from lass_cli.separate import pick_dtype
+from lass_cli.twins import TwinPriors
 
 WARM_UP_STEPS = 8  # of an untimed search before the timed one
 
@@ -66,30 +67,35 @@ class PriorClock:
         return total
 
 
-class TimedPrior:
-    """Forwards the search interface to a prior and records the time spent in ``step`` on
-    ``clock``; with ``concat`` its caches are the upstream :class:`ConcatCache` (the step is the
-    same code)."""
+def clock_steps(clock: PriorClock, device: torch.device) -> None:
+    """Record on ``clock`` every prior step this process makes from now on, however the search
+    steps the priors (one after the other, side by side or as twins, ``lass_cli.search``): the
+    priors it is given are the real ones, so it chooses as `lass separate` does."""
+    for kind in (Prior, TwinPriors):
 
-    def __init__(self, prior: Prior, clock: PriorClock, concat: bool = False) -> None:
-        self.prior, self.clock, self.concat = prior, clock, concat
+        def timed(self, cache, previous, step=kind.step):
+            synchronize(device)
+            start = time.perf_counter()
+            logits = step(self, cache, previous)
+            synchronize(device)
+            clock.intervals.append((start, time.perf_counter()))
+            return logits
 
-    @property
-    def weight_bytes(self) -> int:
-        return self.prior.weight_bytes
+        kind.step = timed
+
+
+class UpstreamPrior:
+    """A prior as the upstream loop uses it: its caches the upstream :class:`ConcatCache` (the
+    step is the same code); with ``clock_steps`` its steps are timed."""
+
+    def __init__(self, prior: Prior) -> None:
+        self.prior = prior
 
     def new_cache(self, rows, max_len=None, capacity=None):
-        if self.concat:
-            return ConcatCache(self.prior.config, rows, max_len or self.prior.config.n_ctx)
-        return self.prior.new_cache(rows, max_len, capacity)
+        return ConcatCache(self.prior.config, rows, max_len or self.prior.config.n_ctx)
 
     def step(self, cache, previous):
-        synchronize(self.prior.device)
-        start = time.perf_counter()
-        logits = self.prior.step(cache, previous)
-        synchronize(self.prior.device)
-        self.clock.intervals.append((start, time.perf_counter()))
-        return logits
+        return self.prior.step(cache, previous)
 
 
 class SearchMemory:
@@ -272,7 +278,8 @@ def run(mode: str, args: argparse.Namespace) -> dict:
     if compiled:
         priors = [prior.compile_step() for prior in priors]
     clock = PriorClock()
-    timed = [TimedPrior(p, clock, concat=mode == "upstream") for p in priors]
+    clock_steps(clock, device)
+    timed = [UpstreamPrior(p) for p in priors] if mode == "upstream" else priors
     with torch.inference_mode():  # untimed, so that one-time costs (a GPU's libraries and kernels
         # loaded, memory pools grown: seconds, once; compiled, the tracing) are in neither figure
         search(timed, likelihood, mixture if compiled else mixture[:, :WARM_UP_STEPS], args.beams)
