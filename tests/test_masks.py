@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lass_cli import masks as masks_module
 from lass_cli.masks import TAIL_STEP, mean_power, wiener
 from lass_cli.metrics import sdr
 
@@ -52,9 +53,10 @@ def test_mean_power_averages_the_candidates():
     assert np.isfinite(expected.numpy()).all()
 
 
-def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_power():
+def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_power(monkeypatch):
     """Final beams share all but their last tokens: decoding only their tails (the decoder's reach
-    before the first difference on) gives the power of decoding each candidate whole."""
+    before the first difference on) gives the power of decoding each candidate whole. Tails that
+    start at one token are decoded together, up to DECODE_TOKENS tokens a call."""
     from lass_cli.vqvae import VQVAE, VQVAEConfig
 
     torch.manual_seed(0)
@@ -78,7 +80,12 @@ def test_beam_candidates_decoded_from_where_they_differ_give_the_full_decode_pow
 
     length, reach = 300 * vqvae.hop_length(1), vqvae.decoder_reach(1)
     whole = mean_power(decode, candidates, length)
-    assert decoded == [(2, 300), (1, 300), (1, 300), (2, 300)]
+    assert decoded == [(2, 300), (4, 300)]  # the first ones, then every other one whole, together
+    decoded.clear()
+    monkeypatch.setattr(masks_module, "DECODE_TOKENS", 2 * 300)
+    torch.testing.assert_close(mean_power(decode, candidates, length), whole, rtol=1e-4, atol=1e-6)
+    assert decoded == [(2, 300), (2, 300), (2, 300)]
+    monkeypatch.undo()
     decoded.clear()
     tails = mean_power(decode, candidates, length, reach=reach)
     starts = [(d - 2 * reach) // TAIL_STEP * TAIL_STEP for d in (280, 170)]
