@@ -23,7 +23,8 @@ share most of their keys and differ in the last few positions; "distinct", every
 history from the first position (they come from memory), a bound that no beam search reaches
 (``step_timer``). Last, "x2": both priors of a model (two full-size priors of random weights; the
 embedded drums and bass) stepped at once as a search steps them (``lass_cli.search``: side by side
-in two threads on a CPU where their weights are large, one after the other otherwise), with a real
+in two threads on a CPU where their weights are large, as twins, one stacked computation, where
+they are small), with a real
 search's ancestry, their FLOPs both priors'. The C allocator keeps freed blocks, as
 the `lass` command sets it (``lass_cli.allocator``): a step's activations are reused, not faulted
 in anew.
@@ -73,8 +74,11 @@ def step_flops(config: PriorConfig, t: int) -> float:
     keys = attended(config, t)
     total = 0.0
     for layer in range(config.prior_depth):
-        total += 2 * width * 3 * state + 2 * state * width + 2 * 2 * width * hidden  # qkv, proj, MLP
-        total += 2 * 2 * keys[config.layer_kind(layer)] * state  # scores and weighted values
+        attends = keys[config.layer_kind(layer)]
+        total += 2 * width * 3 * state + 2 * 2 * width * hidden  # qkv, MLP
+        # the attention's output projection, scores and weighted values (row 0's previous-row
+        # layers attend to nothing: their output is the projection's bias, no product)
+        total += (2 * state * width + 2 * 2 * attends * state) if attends else 0
     return total + 2 * width * config.bins  # the output projection
 
 
@@ -86,8 +90,9 @@ def step_bytes(config: PriorConfig, t: int, rows: int, size: int) -> float:
     keys = attended(config, t)
     total = 4.0 * width * config.bins
     for layer in range(config.prior_depth):
-        total += size * (3 * width * state + state * width + 2 * width * hidden)
-        total += size * rows * 2 * state * (1 + 3 * keys[config.layer_kind(layer)])
+        attends = keys[config.layer_kind(layer)]
+        total += size * (3 * width * state + (state * width if attends else 0) + 2 * width * hidden)
+        total += size * rows * 2 * state * (1 + 3 * attends)
     return total
 
 

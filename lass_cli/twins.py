@@ -71,6 +71,7 @@ class TwinPriors:
     The weights are stacked when this is made: made per search, a weight changed afterwards is not
     seen (the search holds the priors unchanged)."""
 
+    @torch.no_grad()
     def __init__(self, priors: tuple[Prior, Prior]) -> None:
         self.priors = priors
         self.config = priors[0].config
