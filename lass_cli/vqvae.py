@@ -260,14 +260,9 @@ class _Upsample(nn.ConvTranspose1d):
     def _image_forward(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` of a signal laid out by :func:`_as_image`; the phases interleave as a
         channels-last image, each output sample's channels side by side."""
-        phases = self.phases()
-        (stride,), (padding,), (output_padding,), (dilation,) = (
-            self.stride,
-            self.padding,
-            self.output_padding,
-            self.dilation,
-        )
+        phases, stride = self.phases(), self.stride[0]
         if phases is None:
+            padding, output_padding, dilation = self.padding[0], self.output_padding[0], self.dilation[0]
             weight = self.weight.unsqueeze(2)
             return F.conv_transpose2d(x, weight, self.bias, (1, stride), (0, padding), (0, output_padding),
                                       self.groups, (1, dilation))  # fmt: skip
@@ -291,7 +286,8 @@ def _upsample_then_conv(up: _Upsample, conv: nn.Conv1d, x: torch.Tensor) -> torc
     padding 1), as one conv from x to each output phase: the E-channel signal at the full rate
     between them is never made (on CPU its conv and interleave were a third of a decode). Where
     the output conv reads its zero padding (the first and the last sample) that is computed
-    apart, from the first and the last three inputs."""
+    apart, from the first and the last three inputs. x is a signal (batch, E, L) or laid out by
+    :func:`_as_image`; the result is a signal (batch, C, s L)."""
     phases = up.phases()
     plain = conv.kernel_size != (3,) or conv.padding != (1,) or conv.stride != (1,) or conv.dilation != (1,)
     if phases is None or plain or conv.groups != 1 or conv.padding_mode != "zeros" or x.shape[-1] < 3:

@@ -277,7 +277,7 @@ def test_phased_upsampling_equals_the_transposed_conv(stride, length):
     """The decoder's transposed conv by phases, alone and fused with the output conv, equals the
     plain transposed conv (and then the conv) within float rounding, edges included, and so do the
     gradients (training); odd strides (other shapes) and inputs too short to fuse take the plain path."""
-    from lass_cli.vqvae import _Upsample, _upsample_then_conv
+    from lass_cli.vqvae import _as_image, _as_signal, _Conv, _Upsample, _upsample_then_conv
 
     torch.manual_seed(stride * 100 + length)
     up = _Upsample(6, 5, 2 * stride, stride, stride // 2)
@@ -292,6 +292,16 @@ def test_phased_upsampling_equals_the_transposed_conv(stride, length):
     torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
     for ours, theirs in zip(torch.autograd.grad(fused.square().sum(), (x, up.weight, up.bias, conv.weight, conv.bias)),
                             grads, strict=True):  # fmt: skip
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # The same on the channels-last image the decoder runs on (_as_image), gradients included.
+    image = _as_image(x)
+    torch.testing.assert_close(_as_signal(up(image)), plain, atol=1e-6, rtol=0)
+    conv_of_images = _Conv(5, 2, 3, 1, 1)
+    conv_of_images.load_state_dict(conv.state_dict())
+    fused = _upsample_then_conv(up, conv_of_images, image)
+    torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
+    parameters = (x, up.weight, up.bias, conv_of_images.weight, conv_of_images.bias)
+    for ours, theirs in zip(torch.autograd.grad(fused.square().sum(), parameters), grads, strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
