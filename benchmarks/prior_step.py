@@ -24,10 +24,9 @@ history from the first position (they come from memory), a bound that no beam se
 (``step_timer``). Last, "x2": both priors of a model (two full-size priors of random weights; the
 embedded drums and bass) stepped at once as a search steps them (``lass_cli.search``: side by side
 in two threads on a CPU where their weights are large, as twins, one stacked computation, where
-they are small), with a real
-search's ancestry, their FLOPs both priors'. The C allocator keeps freed blocks, as
-the `lass` command sets it (``lass_cli.allocator``): a step's activations are reused, not faulted
-in anew.
+they are small), with a real search's ancestry, their FLOPs both priors'. The C allocator keeps
+freed blocks, as the `lass` command sets it (``lass_cli.allocator``): a step's activations are
+reused, not faulted in anew.
 
 It then derives, from the same FLOP count and a count of the bytes a step moves, an estimate for
 the full-size model at B = 100 (both priors, 1 and 8 windows at once) on one H100 SXM and one RTX
