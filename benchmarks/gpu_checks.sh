@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 run() { local limit=$1; shift; echo "=== $(date +%T) $*"; timeout "$limit" "$@"; echo "=== exit $? at $(date +%T)"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-run 120 python3 -m pytest -q -rs tests/test_prior.py tests/test_vqvae.py tests/test_separate.py -k "cuda or dtype or device"
+run 120 python3 -m pytest -q -rs tests/test_prior.py tests/test_twins.py tests/test_vqvae.py tests/test_separate.py -k "cuda or dtype or device"
 run 70 python3 benchmarks/search.py --full --beams 10 --windows 4 --steps 64
 run 60 python3 benchmarks/search.py --full --beams 100 --windows 1 --steps 1024 --no-upstream
 run 140 python3 benchmarks/search.py --full --beams 100 --windows 4 --steps 256 --no-upstream --compile

@@ -12,17 +12,19 @@ from lass_cli.twins import TwinPriors, can_step_as_twins
 from .conftest import random_prior
 
 ATOL = 2e-5
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("grouping", [True, False], ids=["grouped", "alone"])
 @pytest.mark.parametrize("overrides", [{}, {"heads": 1, "res_scale": True}], ids=["small", "one-head-res-scale"])
-def test_twins_score_as_each_prior_alone_through_reorders(grouping, overrides, monkeypatch):
+def test_twins_score_as_each_prior_alone_through_reorders(grouping, overrides, device, monkeypatch):
     """Through reorders that repeat and drop rows and change their count, with and without rows
     read in groups, the twins' logits are each prior's own step's, and the last ones a fresh
     teacher-forced pass on the histories."""
     if grouping:
         monkeypatch.setattr(PriorCache, "grouping_pays_from", {"cpu": 0, "other": 0})
-    priors = (random_prior(seed=21, **overrides), random_prior(seed=22, **overrides))
+    priors = (random_prior(seed=21, **overrides).to(device), random_prior(seed=22, **overrides).to(device))
     twins = TwinPriors(priors)
     length, capacity = priors[0].config.n_ctx, 8
     generator = torch.Generator().manual_seed(5)
@@ -43,13 +45,13 @@ def test_twins_score_as_each_prior_alone_through_reorders(grouping, overrides, m
         index = half * joint.rows // 2 + torch.randint(0, max(1, joint.rows // 2), (count,), generator=generator)
         index = index.clamp(max=joint.rows - 1)
         for cache in (joint, *alone):
-            cache.reorder(index)
+            cache.reorder(index.to(device))
         new = torch.randint(0, priors[0].config.bins, (2, count), generator=generator)
         histories = torch.cat((histories[:, index], new[:, :, None]), 2)
-        previous = (new[0], new[1])
+        previous = (new[0].to(device), new[1].to(device))
     assert kinds == ({ROW, COLUMN, PREVIOUS_ROW} if grouping else set())
     for prior, own, mine in zip(priors, histories, logits, strict=True):
-        padded = torch.cat((own, own[:, :1]), 1)
+        padded = torch.cat((own, own[:, :1]), 1).to(device)
         assert torch.allclose(mine, prior(padded)[:, -1], atol=ATOL, rtol=0)
 
 
