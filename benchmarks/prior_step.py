@@ -176,20 +176,27 @@ def filled_cache(cache: PriorCache, rows: int, t: int, ancestry: torch.Tensor) -
     return cache
 
 
+def _clocked(caches: list[PriorCache], t: int, step: Callable[[], object]) -> Callable[[], float]:
+    """A function timing ``step`` in seconds, its caches set back to position t each time; called
+    twice first, to warm up (the second packs the weights for these rows)."""
+
+    def one() -> float:
+        for cache in caches:
+            cache.t = t
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+    one(), one()
+    return one
+
+
 def step_timer(prior: Prior, rows: int, t: int, ancestry: torch.Tensor) -> Callable[[], float]:
     """A function timing one step of ``rows`` rows at position t, in seconds, the cache's keys
     random and its ancestry (rows, t) given (:func:`ancestry_of`)."""
     cache = filled_cache(prior.new_cache(rows=rows, max_len=WINDOW), rows, t, ancestry)
     previous = torch.randint(0, prior.config.bins, (rows,))
-
-    def one() -> float:
-        cache.t = t
-        start = time.perf_counter()
-        prior.step(cache, previous)
-        return time.perf_counter() - start
-
-    one(), one()  # to warm up: the second packs the weights for these rows
-    return one
+    return _clocked([cache], t, lambda: prior.step(cache, previous))
 
 
 def pair_timer(priors: tuple[Prior, Prior], rows: int, t: int, ancestry: torch.Tensor, steps) -> Callable[[], float]:
@@ -197,16 +204,7 @@ def pair_timer(priors: tuple[Prior, Prior], rows: int, t: int, ancestry: torch.T
     side by side or as twins where the search steps them so)."""
     caches = [filled_cache(cache, rows, t, ancestry) for cache in steps.new_caches(rows, WINDOW)]
     previous = tuple(torch.randint(0, prior.config.bins, (rows,)) for prior in priors)
-
-    def one() -> float:
-        for cache in caches:
-            cache.t = t
-        start = time.perf_counter()
-        steps.step(caches, previous)
-        return time.perf_counter() - start
-
-    one(), one()  # to warm up: the second packs the weights for these rows
-    return one
+    return _clocked(caches, t, lambda: steps.step(caches, previous))
 
 
 def matmul_timer(
