@@ -7,21 +7,22 @@ step's FLOPs (projections, MLPs, attention over what each layer reads, the outpu
 the GFLOP/s it achieves; in the same run, the GFLOP/s of a plain matmul of the step's largest
 shape (rows x width by width x K, the output projection) at the same row count; their ratio is
 the efficiency. Steps and rounds of that matmul alternate (timed apart, the matmul gave 191 and
-281 GFLOP/s in two runs of one hour, the steps moved far less); the reference is the best round of
-all the lines of a row count, the step its best of ``--repeats`` ("eff", the least disturbed by the
-shared machine) and its median ("(med)"). "streamed" is the same matmul cycling through as many
-bytes of distinct weights as the prior has, so that, as in a step, the weights come from memory
-rather than from the cache; on a machine with little memory bandwidth per core it is the nearer
-limit. It and "packed" (the step's own packed product, hot) are timed once per row count, before
-the steps. The late position is reached by filling
-the cache with random keys and setting its position, not by stepping through the window (the
+281 GFLOP/s in two runs of one hour, the steps moved far less), and the lines of a row count take
+turns, one step each per round, so that every line meets the same moments of the shared machine as
+the reference does; the reference is the best round of all, the step its best of ``--repeats``
+("eff", the least disturbed by the shared machine) and its median ("(med)"). "streamed" is the
+same matmul cycling through as many bytes of distinct weights as the prior has, so that, as in a
+step, the weights come from memory rather than from the cache; on a machine with little memory
+bandwidth per core it is the nearer limit. It and "packed" (the step's own packed product, hot)
+are timed once per row count, before the steps. The late position is reached by filling the
+cache with random keys and setting its position, not by stepping through the window (the
 step's cost does not depend on the keys), with three ancestries (which earlier row each row's key
 at each position comes from): "shared", every window's beams one history (the keys a layer gathers
 come from the cache); "search", the ancestry a real beam search has at that position (the bundled
 model's, B = 10, on the example's first windows, its reorders replayed), where a window's beams
 share most of their keys and differ in the last few positions; "distinct", every row its own
 history from the first position (they come from memory), a bound that no beam search reaches
-(``step_timer``). Last, "x2": both priors of a model (two full-size priors of random weights; the
+(``ancestry_of``). Last, "x2": both priors of a model (two full-size priors of random weights; the
 embedded drums and bass) stepped at once as a search steps them (``lass_cli.search``: side by side
 in two threads on a CPU where their weights are large, as twins, one stacked computation, where
 they are small), with a real search's ancestry, their FLOPs both priors'. The C allocator keeps
@@ -168,21 +169,25 @@ def ancestry_of(histories: str, rows: int, t: int, searched: dict[int, torch.Ten
     return (slots if histories == "distinct" else slots // BEAMS * BEAMS)[:, None].expand(rows, t)
 
 
-def filled_cache(cache: PriorCache, rows: int, t: int, ancestry: torch.Tensor) -> PriorCache:
-    """``cache`` (new, ``rows`` rows) at position t, its keys random and its ancestry (rows, t) given."""
-    for store in cache._stores.values():
-        store.normal_()
-    cache._ancestry[:rows, :t] = ancestry
-    return cache
+def filled(caches: list[PriorCache]) -> list[PriorCache]:
+    """New caches for a whole window, their keys random (each timing sets position and ancestry)."""
+    for cache in caches:
+        for store in cache._stores.values():
+            store.normal_()
+    return caches
 
 
-def _clocked(caches: list[PriorCache], t: int, step: Callable[[], object]) -> Callable[[], float]:
-    """A function timing ``step`` in seconds, its caches set back to position t each time; called
-    twice first, to warm up (the second packs the weights for these rows)."""
+def _clocked(
+    caches: list[PriorCache], t: int, ancestry: torch.Tensor, step: Callable[[], object]
+) -> Callable[[], float]:
+    """A function timing ``step`` in seconds, its caches set to position t and ``ancestry`` (rows,
+    t) each time (lines share caches); called twice first, to warm up (the second packs the
+    weights for these rows)."""
 
     def one() -> float:
         for cache in caches:
             cache.t = t
+            cache._ancestry[: len(ancestry), :t] = ancestry
         start = time.perf_counter()
         step()
         return time.perf_counter() - start
@@ -191,20 +196,18 @@ def _clocked(caches: list[PriorCache], t: int, step: Callable[[], object]) -> Ca
     return one
 
 
-def step_timer(prior: Prior, rows: int, t: int, ancestry: torch.Tensor) -> Callable[[], float]:
-    """A function timing one step of ``rows`` rows at position t, in seconds, the cache's keys
-    random and its ancestry (rows, t) given (:func:`ancestry_of`)."""
-    cache = filled_cache(prior.new_cache(rows=rows, max_len=WINDOW), rows, t, ancestry)
-    previous = torch.randint(0, prior.config.bins, (rows,))
-    return _clocked([cache], t, lambda: prior.step(cache, previous))
+def step_timer(prior: Prior, cache: PriorCache, t: int, ancestry: torch.Tensor) -> Callable[[], float]:
+    """A function timing one step of ``cache``'s rows at position t, in seconds, with the
+    ancestry (rows, t) given (:func:`ancestry_of`)."""
+    previous = torch.randint(0, prior.config.bins, (cache.rows,))
+    return _clocked([cache], t, ancestry, lambda: prior.step(cache, previous))
 
 
-def pair_timer(priors: tuple[Prior, Prior], rows: int, t: int, ancestry: torch.Tensor, steps) -> Callable[[], float]:
+def pair_timer(priors: tuple[Prior, Prior], caches: list, t: int, ancestry: torch.Tensor, steps) -> Callable[[], float]:
     """:func:`step_timer` for both priors at once, stepped by ``steps`` (``lass_cli.search``'s own:
-    side by side or as twins where the search steps them so)."""
-    caches = [filled_cache(cache, rows, t, ancestry) for cache in steps.new_caches(rows, WINDOW)]
-    previous = tuple(torch.randint(0, prior.config.bins, (rows,)) for prior in priors)
-    return _clocked(caches, t, lambda: steps.step(caches, previous))
+    side by side or as twins where the search steps them so) with its ``caches``."""
+    previous = tuple(torch.randint(0, prior.config.bins, (caches[0].rows,)) for prior in priors)
+    return _clocked(caches, t, ancestry, lambda: steps.step(caches, previous))
 
 
 def matmul_timer(
@@ -233,13 +236,18 @@ def matmul_timer(
     return one
 
 
-def alternate(step: Callable[[], float], hot: Callable[[], float], repeats: int) -> tuple[list[float], float]:
-    """``repeats`` steps, each after a round of the hot matmul, so that both see the machine's same
-    moments: the steps' seconds and the best matmul GFLOP/s."""
-    times, best = [], 0.0
+def interleaved(
+    steps: list[Callable[[], float]], hot: Callable[[], float], repeats: int
+) -> tuple[list[list[float]], float]:
+    """``repeats`` rounds, each timing every line's step once, each step after a round of the hot
+    matmul, so that every line and the reference see the machine's same moments (a shared machine
+    drifts by 10 % and more within minutes; lines timed one after the other each met another
+    phase of it, their reference the best of all): each line's seconds and the best matmul GFLOP/s."""
+    times, best = [[] for _ in steps], 0.0
     for _ in range(repeats):
-        best = max(best, hot())
-        times.append(step())
+        for step, kept in zip(steps, times):
+            best = max(best, hot())
+            kept.append(step())
     return times, best
 
 
@@ -285,18 +293,21 @@ def main() -> None:
             hot = matmul_timer(rows, config.prior_width, config.bins, 20)
             streamed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, prior.weight_bytes))
             packed = best_gflops(matmul_timer(rows, config.prior_width, config.bins, 20, packed=True))
-            lines, limit = [], 0.0  # one reference per row count: the best matmul round of all its lines
+            labels, timers = [], []  # every line of a row count, timed in turns (:func:`interleaved`)
+            [cache] = filled([prior.new_cache(rows=rows, max_len=WINDOW)])
             for histories, (where, t) in itertools.product(HISTORIES, POSITIONS.items()):
-                ancestry = ancestry_of(histories, rows, t, searched[rows])
-                times, best = alternate(step_timer(prior, rows, t, ancestry), hot, args.repeats)
-                lines.append(table_line(name, 1, rows, histories, where, t, times, config))
-                limit = max(limit, best)
+                labels.append((name, 1, histories, where, t))
+                timers.append(step_timer(prior, cache, t, ancestry_of(histories, rows, t, searched[rows])))
             with _both_priors(pairs[name], torch.device("cpu"), 1.0) as steps:
+                caches = filled(steps.new_caches(rows, WINDOW))
                 for where, t in POSITIONS.items():
+                    labels.append((f"{name.split()[0]} x2", 2, "search", where, t))
                     ancestry = ancestry_of("search", rows, t, searched[rows])
-                    times, best = alternate(pair_timer(pairs[name], rows, t, ancestry, steps), hot, args.repeats)
-                    lines.append(table_line(f"{name.split()[0]} x2", 2, rows, "search", where, t, times, config))
-                    limit = max(limit, best)
+                    timers.append(pair_timer(pairs[name], caches, t, ancestry, steps))
+                times, limit = interleaved(timers, hot, args.repeats)  # one reference per row count
+            lines = [table_line(model, priors, rows, histories, where, t, kept, config)
+                     for (model, priors, histories, where, t), kept in zip(labels, times)]  # fmt: skip
+            del cache, caches, timers
             for line in lines:
                 gflops, median_gflops = line["gflops"], line["gflop"] / line["ms_median"] * 1e3
                 line.update({"matmul_gflops": limit, "efficiency": gflops / limit,
