@@ -170,7 +170,8 @@ def ancestry_of(histories: str, rows: int, t: int, searched: dict[int, torch.Ten
 
 
 def filled(caches: list[PriorCache]) -> list[PriorCache]:
-    """New caches for a whole window, their keys random (each timing sets position and ancestry)."""
+    """``caches`` (new, for a whole window) with random keys; every line's timing then sets their
+    position and ancestry (:func:`_clocked`)."""
     for cache in caches:
         for store in cache._stores.values():
             store.normal_()
