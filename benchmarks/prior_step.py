@@ -21,7 +21,8 @@ at each position comes from): "shared", every window's beams one history (the ke
 come from the cache); "search", the ancestry a real beam search has at that position (the bundled
 model's, B = 10, on the example's first windows, its reorders replayed), where a window's beams
 share most of their keys and differ in the last few positions; "distinct", every row its own
-history from the first position (they come from memory), a bound that no beam search reaches
+history from the first position, as in a sampler's search (which never reorders its rows, so its
+layers read their keys where they lie, without a gather; no beam search has such rows)
 (``ancestry_of``). Last, "x2": both priors of a model (two full-size priors of random weights; the
 embedded drums and bass) stepped at once as a search steps them (``lass_cli.search``: side by side
 in two threads on a CPU where their weights are large, as twins, one stacked computation, where
@@ -183,12 +184,15 @@ def _clocked(
 ) -> Callable[[], float]:
     """A function timing ``step`` in seconds, its caches set to position t and ``ancestry`` (rows,
     t) each time (lines share caches); called twice first, to warm up (the second packs the
-    weights for these rows)."""
+    weights for these rows). Rows that each descend from themselves are those of a cache never
+    reordered (a sampler's), which reads its keys in place; any other ancestry is a reordered one's."""
+    rows = len(ancestry)
+    reordered = not torch.equal(ancestry, torch.arange(rows)[:, None].expand(rows, t))
 
     def one() -> float:
         for cache in caches:
-            cache.t = t
-            cache._ancestry[: len(ancestry), :t] = ancestry
+            cache.t, cache.reordered = t, reordered
+            cache._ancestry[:rows, :t] = ancestry
         start = time.perf_counter()
         step()
         return time.perf_counter() - start

@@ -480,6 +480,11 @@ class PriorCache:
     position up to ``max_len``. With ``streams`` = 2 the cache serves two priors of the config, their
     keys and values side by side (:mod:`lass_cli.twins`).
 
+    Until the first reorder (a sampler that never reorders: every row wrote every key it reads, in
+    its own slot) the layers read their keys where they lie, a strided view of the store, with no
+    gather: on 2 Xeon cores attention over such a view took 0.37-0.65x the time of the gather and
+    attention (``docs/benchmarks.md``).
+
     With ``fixed_shapes`` every step gathers the same number of keys per kind (a whole row, every
     row's position of the column), masking those the query may not see yet, and reads the step
     from tensors rather than Python numbers: the same computation at every position, which
@@ -557,6 +562,9 @@ class PriorCache:
                 kind: torch.empty(capacity * longest[kind], dtype=torch.long, device=device) for kind in self._kept
             }
             self._write_at: dict[int, int] = {}
+            # Per kind, this step's positions in the ring while no row was ever reordered (:meth:`store`).
+            self._in_place: dict[int, slice | None] = {}
+            self.reordered = False
             self._grouped_queries = torch.zeros(2 * capacity, state, device=device, dtype=dtype)
             self._ring_offsets = {kind: torch.arange(n, device=device) * capacity for kind, n in self._kept.items()}
             self._layer_flat = [self._stores[kind][slot].view(-1, width) for kind, slot in zip(kinds, self._slot)]
@@ -598,11 +606,16 @@ class PriorCache:
         for kind, (start, stop, stride) in spans.items():
             kept = self._kept[kind]
             self._write_at[kind] = (t % kept) * self.capacity
+            self._in_place[kind] = None
             if kind == PREVIOUS_ROW and not row:
                 self._flat_index[kind] = self.groups[kind] = None
                 continue
             # A kind's positions never wrap around its ring: their ring offsets are one strided slice.
             first, length = start % kept, len(range(start, stop, stride))
+            if not self.reordered:  # row i wrote every key it reads, into slot i
+                self._in_place[kind] = slice(first, first + (length - 1) * stride + 1, stride)
+                self._flat_index[kind] = self.groups[kind] = None
+                continue
             ring = self._ring_offsets[kind][first : first + (length - 1) * stride + 1 : stride]
             ancestry = self._ancestry[:rows, start:stop:stride]
             self.groups[kind], index = self._group(ancestry, ring, self._index_buffers[kind], self._layers[kind])
@@ -710,11 +723,15 @@ class PriorCache:
 
     def store(self, layer: int, kv: torch.Tensor) -> torch.Tensor | None:
         """Write position ``t``'s keys and values (rows, 2 * n_state) of a layer and return what its
-        queries attend to, (rows, L, 2 * n_state), for previous-row layers with ``previous_row_groups``
-        (groups, L, 2 * n_state); None where that is nothing (row 0, previous row)."""
+        queries attend to: (rows, L, 2 * n_state), a view of the store while no row was reordered;
+        (groups, L, 2 * n_state) where the kind's rows are grouped (:attr:`groups`); None where that
+        is nothing (row 0's previous row)."""
         kind, flat = self._kind[layer], self._layer_flat[layer]
         at = self._write_at[kind]
         flat[at : at + self.rows].copy_(kv)
+        positions = self._in_place[kind]
+        if positions is not None:  # (positions, rows, width) as stored, read without a copy
+            return self._stores[kind][self._slot[layer], positions, : self.rows].transpose(0, 1)
         index = self._flat_index[kind]
         if index is None:
             return None
@@ -732,6 +749,7 @@ class PriorCache:
         torch.index_select(self._ancestry[: self.rows], 0, index, out=self._spare_ancestry[: len(index)])
         self._ancestry, self._spare_ancestry = self._spare_ancestry, self._ancestry
         self.rows = len(index)
+        self.reordered = True
 
 
 class Prior(nn.Module):

@@ -213,6 +213,39 @@ def test_rows_sharing_a_history_read_its_keys_once_and_score_as_alone(heads, dev
     assert torch.allclose(grouped, alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_never_reordered_read_their_keys_in_place_and_score_as_gathered(device):
+    """A sampler's rows are never reordered: row i wrote every key it reads into slot i, so each
+    layer reads a view of the store, no gather. Its logits are a gathering cache's (one reordered
+    by the identity) and the teacher-forced pass's; after its first reorder the cache gathers, and
+    the rows score as their new histories."""
+    prior = random_prior(seed=6).to(device)
+    length, rows, switch = prior.config.n_ctx, 4, prior.config.n_ctx - 5  # switch: in the last row
+    tokens = torch.randint(0, prior.config.bins, (rows, length), generator=torch.Generator().manual_seed(1))
+    prior.step(prior.new_cache(rows=rows, max_len=1), None)  # packs for these rows: both caches' steps alike
+    in_place, gathering = (prior.new_cache(rows=rows, max_len=length) for _ in range(2))
+    gathering.reorder(torch.arange(rows, device=device))
+    logits, kinds_in_place = ([], []), set()
+    for t in range(switch):
+        previous = None if t == 0 else tokens[:, t - 1].to(device)
+        for cache, kept in zip((in_place, gathering), logits, strict=True):
+            kept.append(prior.step(cache, previous).cpu())
+        kinds_in_place |= {kind for kind, where in in_place._in_place.items() if where is not None}
+        assert not any(where is not None for where in gathering._in_place.values())
+    assert kinds_in_place == {ROW, COLUMN, PREVIOUS_ROW} and not in_place.reordered
+    assert torch.allclose(torch.stack(logits[0], 1), torch.stack(logits[1], 1), atol=1e-6, rtol=0)
+    assert torch.allclose(torch.stack(logits[0], 1), prior(tokens[:, :switch]), atol=ATOL, rtol=0)
+    index = torch.tensor([2, 0, 0, 3])  # rows repeated and dropped
+    history = tokens[index, :switch]
+    in_place.reorder(index.to(device))
+    assert in_place.reordered
+    for t in range(switch, length):
+        last = prior.step(in_place, history[:, -1].to(device))
+        assert not any(where is not None for where in in_place._in_place.values())
+        history = torch.cat((history, tokens[index, t : t + 1]), 1)
+    assert torch.allclose(last.cpu(), prior(history)[:, -1], atol=ATOL, rtol=0)
+
+
 @pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
 def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
     prior, other = random_prior(seed=4), random_prior(seed=5)

@@ -55,6 +55,27 @@ def test_twins_score_as_each_prior_alone_through_reorders(grouping, overrides, d
         assert torch.allclose(mine, prior(padded)[:, -1], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_twins_never_reordered_read_their_keys_in_place_as_each_prior_alone(device):
+    """A sampler's twins (rows never reordered) read both priors' keys where they lie: their logits
+    are each prior's own step's (also reading in place) and the teacher-forced pass's."""
+    priors = (random_prior(seed=23).to(device), random_prior(seed=24).to(device))
+    twins = TwinPriors(priors)
+    length, rows = priors[0].config.n_ctx, 3
+    tokens = torch.randint(0, priors[0].config.bins, (2, rows, length), generator=torch.Generator().manual_seed(2))
+    joint = twins.new_cache(rows=rows, max_len=length)
+    alone = [p.new_cache(rows=rows, max_len=length) for p in priors]
+    for t in range(length):
+        previous = None if t == 0 else (tokens[0, :, t - 1].to(device), tokens[1, :, t - 1].to(device))
+        logits = twins.step(joint, previous)
+        for prior, cache, mine, own in zip(priors, alone, logits, (0, 1), strict=True):
+            expected = prior.step(cache, None if previous is None else previous[own])
+            assert torch.allclose(mine, expected, atol=ATOL, rtol=0), t
+    assert not joint.reordered and all(where is not None for where in joint._in_place.values())
+    for prior, own, mine in zip(priors, tokens, logits, strict=True):
+        assert torch.allclose(mine, prior(own.to(device))[:, -1], atol=ATOL, rtol=0)
+
+
 def test_only_small_eager_float32_priors_of_one_config_are_twins(monkeypatch):
     first, second = random_prior(seed=1), random_prior(seed=2)
     limit = first.weight_bytes + 1
