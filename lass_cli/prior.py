@@ -612,11 +612,12 @@ class PriorCache:
                 continue
             # A kind's positions never wrap around its ring: their ring offsets are one strided slice.
             first, length = start % kept, len(range(start, stop, stride))
+            positions = slice(first, first + (length - 1) * stride + 1, stride)
             if not self.reordered:  # row i wrote every key it reads, into slot i
-                self._in_place[kind] = slice(first, first + (length - 1) * stride + 1, stride)
+                self._in_place[kind] = positions
                 self._flat_index[kind] = self.groups[kind] = None
                 continue
-            ring = self._ring_offsets[kind][first : first + (length - 1) * stride + 1 : stride]
+            ring = self._ring_offsets[kind][positions]
             ancestry = self._ancestry[:rows, start:stop:stride]
             self.groups[kind], index = self._group(ancestry, ring, self._index_buffers[kind], self._layers[kind])
             if index is None:
