@@ -1,26 +1,26 @@
 """One prior step against the machine's own matrix-multiply throughput.
 
 For the full ``small_prior`` shape (random weights: width 1024, depth 48, 1 head, attn_order 2,
-blocks 64, K 2048, a cache for 1024 tokens) and the embedded model's priors, at several row
-counts: the time of one incremental step early (t < 128) and late (t > 896) in the window, the
-step's FLOPs (projections, MLPs, attention over what each layer reads, the output projection) and
-the GFLOP/s it achieves; in the same run, the GFLOP/s of a plain matmul of the step's largest
-shape (rows x width by width x K, the output projection) at the same row count; their ratio is
-the efficiency. Steps and rounds of that matmul alternate (timed apart, the matmul gave 191 and
-281 GFLOP/s in two runs of one hour, the steps moved far less), and the lines of a row count take
-turns, one step each per round, so that every line meets the same moments of the shared machine as
-the reference does; the reference is the best round of all, the step its best of ``--repeats``
-("eff", the least disturbed by the shared machine) and its median ("(med)"). "streamed" is the
-same matmul cycling through as many bytes of distinct weights as the prior has, so that, as in a
-step, the weights come from memory rather than from the cache; on a machine with little memory
-bandwidth per core it is the nearer limit. It and "packed" (the step's own packed product, hot)
-are timed once per row count, before the steps. The late position is reached by filling the
-cache with random keys and setting its position, not by stepping through the window (the
-step's cost does not depend on the keys), with three ancestries (which earlier row each row's key
-at each position comes from): "shared", every window's beams one history (the keys a layer gathers
-come from the cache); "search", the ancestry a real beam search has at that position (the bundled
-model's, B = 10, on the example's first windows, its reorders replayed), where a window's beams
-share most of their keys and differ in the last few positions; "distinct", every row its own
+blocks 64, K 2048, a cache for 1024 tokens) and the embedded model's priors, at several row counts:
+the time of one incremental step early (t < 128) and late (t > 896) in the window, the step's FLOPs
+(projections, MLPs, attention over what each layer reads, the output projection) and the GFLOP/s it
+achieves; in the same run, the GFLOP/s of a plain matmul of the step's largest shape (rows x width
+by width x K, the output projection) at the same row count; their ratio is the efficiency. Steps
+and rounds of that matmul alternate (timed apart, the matmul gave 191 and 281 GFLOP/s in two runs
+of one hour, the steps moved far less), and the lines of a row count take turns, one step each per
+round, so that every line meets the same moments of the shared machine as the reference does; the
+reference is the best round of all, the step its best of ``--repeats`` ("eff", the least disturbed
+by the shared machine) and its median ("(med)"). "streamed" is the same matmul cycling through as
+many bytes of distinct weights as the prior has, so that, as in a step, the weights come from
+memory rather than from the cache; on a machine with little memory bandwidth per core it is the
+nearer limit. It and "packed" (the step's own product, hot: the CPU kernel's up to 64 rows where it
+runs, else MKL's pack) are timed once per row count, before the steps. The late position is reached
+by filling the cache with random keys and setting its position, not by stepping through the window
+(the step's cost does not depend on the keys), with three ancestries (which earlier row each row's
+key at each position comes from): "shared", every window's beams one history (the keys a layer
+gathers come from the cache); "search", the ancestry a real beam search has at that position (the
+bundled model's, B = 10, on the example's first windows, its reorders replayed), where a window's
+beams share most of their keys and differ in the last few positions; "distinct", every row its own
 history from the first position, as in a sampler's search (which never reorders its rows, so its
 layers read their keys where they lie, without a gather; no beam search has such rows)
 (``ancestry_of``). Last, "x2": both priors of a model (two full-size priors of random weights; the
@@ -221,8 +221,8 @@ def matmul_timer(
     """A function timing ``repeats`` products (rows x n_in) by (n_in x n_out), in GFLOP/s. With
     ``weight_bytes``, the products cycle through that many bytes of distinct weight matrices, so
     each one comes from memory, not from the cache, as in a prior step, which reads every layer's
-    weights once. ``packed``: by the step's own projection (MKL's packed GEMM where it applies)
-    instead of ``torch.mm``."""
+    weights once. ``packed``: by the step's own projection (``lass_cli.cpu_kernel``'s panels or
+    MKL's pack where they apply) instead of ``torch.mm``."""
     count = max(1, weight_bytes // (4 * n_in * n_out))
     a, weights = torch.randn(rows, n_in), [torch.randn(n_in, n_out) for _ in range(count)]
     packs = [_PackedWeight.of(w.t(), rows, None) if packed else None for w in weights]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernel
 from .checkpoint import CheckpointError, load_strict, read_checkpoint, write_safetensors
 
 ROW, COLUMN, PREVIOUS_ROW = 0, 1, 2
@@ -104,39 +105,59 @@ _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl
 
 @dataclass(frozen=True)
 class _PackedWeight:
-    """A float32 CPU weight in MKL's packed GEMM layout for products of exactly ``rows`` rows.
+    """A float32 CPU weight packed for a step's products: in the panels of :mod:`lass_cli.cpu_kernel`
+    (``panels``; any row count from 2 to its ``MAX_ROWS``), else in MKL's packed GEMM layout for products
+    of exactly ``rows`` rows.
 
     A step multiplies a few dozen rows by every weight once, and a plain GEMM re-packs its weight
     on every call, which costs as much as the product at such row counts: packed once per search,
-    1024 x 1024 products at 40 rows ran 1.7x faster on 2 Xeon cores, the full-size step 1.3x
-    (``docs/benchmarks.md``). The pack is a copy as large as the weight. ``source`` (data pointer
-    and version counter) says which state of the weight it holds, so an in-place change (loading,
-    training) makes it stale rather than wrong. ``scale``: the pack holds the weight times it (a
-    step's MLP, :data:`GELU_SCALE`), which only the step plan uses."""
+    1024 x 1024 products at 40 rows ran 1.7x faster on 2 Xeon cores, the full-size step 1.3x; the
+    kernel's panels, which prefetch the weight while multiplying, 1.2-1.4x faster again where the
+    weights come from memory (``docs/benchmarks.md``). The pack is a copy as large as the weight.
+    ``source`` (data pointer and version counter) says which state of the weight it holds, so an
+    in-place change (loading, training) makes it stale rather than wrong. ``scale``: the pack holds
+    the weight times it (a step's MLP, :data:`GELU_SCALE`), which only the step plan uses."""
 
     rows: int
     source: tuple[int, int]
     packed: torch.Tensor
     scale: float = 1.0
+    panels: bool = False
 
     @staticmethod
     def of(weight: torch.Tensor, rows: int, current: _PackedWeight | None, scale: float = 1.0) -> _PackedWeight | None:
         """The pack of ``weight`` (n_out, n_in) times ``scale`` for ``rows`` rows, ``current`` when it
-        still is that; None where packing does not apply (one row, another device or dtype, no MKL)."""
-        if rows < 2 or not _MKL_PACKED or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        still is that; None where packing does not apply (one row, another device or dtype, neither
+        the kernel nor MKL). One row stays with ``addmm``: two priors side by side, one thread each,
+        stepped 8 % slower through the kernel there."""
+        if rows < 2 or weight.device.type != "cpu" or weight.dtype != torch.float32:
+            return None
+        panels = rows <= cpu_kernel.MAX_ROWS and cpu_kernel.load() is not None
+        if not panels and not _MKL_PACKED:
             return None
         source = _state(weight)
-        if current is not None and (current.rows, current.source, current.scale) == (rows, source, scale):
-            return current
+        if current is not None and (current.source, current.scale, current.panels) == (source, scale, panels):
+            if current.rows == rows:
+                return current
+            if panels:  # panels serve any row count
+                return dataclasses.replace(current, rows=rows)
         scaled = weight.contiguous() if scale == 1.0 else weight * scale
+        if panels:
+            return _PackedWeight(rows, source, cpu_kernel.pack(scaled.t()), scale, panels=True)
         return _PackedWeight(rows, source, torch.ops.mkl._mkl_reorder_linear_weight(scaled, rows), scale)
 
     def applies(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         """The pack's product has no gradient: not where autograd is recording one; a scaled pack is
         not the weight's product."""
         differentiating = torch.is_grad_enabled() and weight.requires_grad
-        fits = x.shape[0] == self.rows and self.scale == 1.0
-        return fits and not differentiating and self.source == _state(weight)
+        rows = x.shape[0] <= cpu_kernel.MAX_ROWS if self.panels else x.shape[0] == self.rows
+        return rows and self.scale == 1.0 and not differentiating and self.source == _state(weight)
+
+    def product(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ weight.T + bias`` for x (rows, n_in), weight (n_out, n_in) the packed one unscaled."""
+        if self.panels:
+            return cpu_kernel.product(x, self.packed, weight.shape[0], bias)
+        return torch.ops.mkl._mkl_linear(x, self.packed, weight, bias, self.rows)
 
 
 def _compiler_present(device: torch.device) -> bool:
@@ -157,7 +178,7 @@ def _linear(
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for x (rows, n_in), by the pack where it applies."""
     if pack is not None and pack.applies(x, weight):
-        return torch.ops.mkl._mkl_linear(x, pack.packed, weight, bias, pack.rows)
+        return pack.product(x, weight, bias)
     if bias is None:
         return F.linear(x, weight)
     # addmm adds the bias inside the product (one rounding), as the reference does in fp16.
@@ -181,7 +202,7 @@ class Conv1D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # a step's rows
             return _linear(x, self.w.t(), self.b, self._pack)
-        out = _linear(x.reshape(-1, x.shape[-1]), self.w.t(), self.b, self._pack)
+        out = _linear(x.reshape(-1, x.shape[-1]), self.w.t(), self.b, None)  # the full pass: never a pack
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -386,11 +407,11 @@ class _StepLayer(NamedTuple):
 
 
 def _project(x: torch.Tensor, projection: tuple) -> torch.Tensor:
-    """A step's ``x @ w + b``, x (rows, n_in): by MKL's pack where the plan has one."""
+    """A step's ``x @ w + b``, x (rows, n_in): by the pack where the plan has one."""
     weight, transposed, bias, pack = projection
     if pack is None:
         return torch.addmm(bias, x, weight)
-    return torch.ops.mkl._mkl_linear(x, pack.packed, transposed, bias, pack.rows)
+    return pack.product(x, transposed, bias)
 
 
 def _norm(x: torch.Tensor, parameters: tuple[torch.Tensor, torch.Tensor], eps: float) -> torch.Tensor:
@@ -813,7 +834,9 @@ class Prior(nn.Module):
         return self.prior.transformer._attn_mods
 
     def _output(self, x: torch.Tensor) -> torch.Tensor:
-        out = _linear(x.float().reshape(-1, x.shape[-1]), self.prior.x_out.weight, None, self._output_pack)
+        """Logits of a step's rows (rows, width), by the pack, or of the full pass (batch, S, width)."""
+        pack = self._output_pack if x.dim() == 2 else None
+        out = _linear(x.float().reshape(-1, x.shape[-1]), self.prior.x_out.weight, None, pack)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def _step_plan(self, rows: int) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lass_cli import cpu_kernel
 from lass_cli import prior as prior_module
 from lass_cli.checkpoint import CheckpointError
 from lass_cli.prior import COLUMN, PREVIOUS_ROW, ROW, Prior, PriorCache, PriorConfig
@@ -247,21 +248,31 @@ def test_rows_never_reordered_read_their_keys_in_place_and_score_as_gathered(dev
     assert torch.allclose(last.cpu(), prior(history.to(device))[:, -1].cpu(), atol=ATOL, rtol=0)
 
 
-@pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
-def test_steps_pack_their_weights_and_notice_weights_changed_in_place():
+@pytest.fixture(params=["kernel", "mkl"])
+def packing(request, monkeypatch) -> str:
+    """A step's products by the compiled kernel's panels, or by MKL's pack (the kernel switched off)."""
+    if request.param == "kernel" and cpu_kernel.load() is None:
+        pytest.skip("the CPU kernel does not run here (needs Linux x86-64, a C compiler, AVX-512)")
+    if request.param == "mkl":
+        if not prior_module._MKL_PACKED:
+            pytest.skip("this torch build has no MKL packed GEMM to pack for")
+        monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    return request.param
+
+
+def test_steps_pack_their_weights_and_notice_weights_changed_in_place(packing):
     prior, other = random_prior(seed=4), random_prior(seed=5)
     tokens = torch.randint(0, prior.config.bins, (3, 12))
     assert torch.allclose(run_incremental(prior, tokens), prior(tokens), atol=ATOL, rtol=0)
     packs = [module._pack for module in prior._projections] + [prior._output_pack]
-    assert all(pack is not None and pack.rows == 3 for pack in packs)
+    assert all(pack is not None and (pack.rows, pack.panels) == (3, packing == "kernel") for pack in packs)
     prior.load_state_dict(other.state_dict())  # in place: the packs now hold the old weights
     assert torch.allclose(run_incremental(prior, tokens), other(tokens), atol=ATOL, rtol=0)
     repacked = [module._pack for module in prior._projections] + [prior._output_pack]
     assert all(new is not old for new, old in zip(repacked, packs, strict=True))
 
 
-@pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
-def test_steps_fold_the_gelu_scale_into_their_mlp_packs_which_the_full_pass_never_reads():
+def test_steps_fold_the_gelu_scale_into_their_mlp_packs_which_the_full_pass_never_reads(packing):
     """The step's MLP packs hold ``1.702 W`` and ``W / 1.702`` (one silu between them); the
     teacher-forced pass, whose flattened rows can equal the packed row count, keeps the weights."""
     prior = random_prior(seed=4)
@@ -278,15 +289,14 @@ def test_steps_fold_the_gelu_scale_into_their_mlp_packs_which_the_full_pass_neve
         assert torch.equal(prior(sequence), before)
 
 
-@pytest.mark.skipif(not prior_module._MKL_PACKED, reason="this torch build has no MKL packed GEMM to pack for")
-def test_step_plan_packs_for_a_row_count_once_and_follows_replaced_parameters():
+def test_step_plan_packs_for_a_row_count_once_and_follows_replaced_parameters(packing):
     prior = random_prior(seed=8)
     tokens = torch.randint(0, prior.config.bins, (3, 12))
     cache = prior.new_cache(rows=3, max_len=12)
     packed = lambda: [layer.qkv[3] for layer in prior._plan]  # noqa: E731
     prior.step(cache, None)
     prior.step(cache, tokens[:, 0])  # a second step with 3 rows: packed for 3
-    assert all(pack is not None and pack.rows == 3 for pack in packed())
+    assert all(pack is not None and (pack.rows, pack.panels) == (3, packing == "kernel") for pack in packed())
     cache.reorder(torch.tensor([0, 2]))
     prior.step(cache, tokens[:2, 1])
     assert all(pack is None for pack in packed())
