@@ -76,8 +76,10 @@ static AVX512 void panels(const float *x, long ldx, int M, int K, const float *w
             float *yt = y + row * ldy + p * PANEL;
             const char *fetch = next + start * LINE;
             switch (rows) { /* one unrolled tile per row count */
-#define TILE(n) \
-    case n: tile(n, xt, ldx, K, panel, bias ? bias + p * PANEL : 0, yt, ldy, low, high, fetch, count); break;
+#define TILE(n)                                                                               \
+    case n:                                                                                   \
+        tile(n, xt, ldx, K, panel, bias ? bias + p * PANEL : 0, yt, ldy, low, high, fetch, count); \
+        break;
                 TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7) TILE(8) TILE(9) TILE(10)
 #undef TILE
             }
@@ -89,7 +91,9 @@ static AVX512 void panels(const float *x, long ldx, int M, int K, const float *w
 void lass_panel_product(const float *x, long ldx, int M, int K, const float *w, int N, const float *bias,
                         float *y, long ldy, int threads) {
     const int count = (N + PANEL - 1) / PANEL;
+    if (M <= 0 || K <= 0 || count <= 0) return; /* nothing to multiply (the caller handles that) */
     if (threads > count) threads = count;
+    if (threads < 1) threads = 1;
 #pragma omp parallel num_threads(threads)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();

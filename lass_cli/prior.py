@@ -105,9 +105,9 @@ _MKL_PACKED = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl
 
 @dataclass(frozen=True)
 class _PackedWeight:
-    """A float32 CPU weight packed for a step's products: in the panels of :mod:`lass_cli.cpu_kernel`
-    (``panels``; any row count from 2 to its ``MAX_ROWS``), else in MKL's packed GEMM layout for products
-    of exactly ``rows`` rows.
+    """A float32 CPU weight packed for a step's products: in the panels of
+    :mod:`lass_cli.cpu_kernel` (``panels``; any row count from 2 to its ``MAX_ROWS``), else in MKL's
+    packed GEMM layout for products of exactly ``rows`` rows.
 
     A step multiplies a few dozen rows by every weight once, and a plain GEMM re-packs its weight
     on every call, which costs as much as the product at such row counts: packed once per search,
@@ -150,7 +150,7 @@ class _PackedWeight:
         """The pack's product has no gradient: not where autograd is recording one; a scaled pack is
         not the weight's product."""
         differentiating = torch.is_grad_enabled() and weight.requires_grad
-        rows = x.shape[0] <= cpu_kernel.MAX_ROWS if self.panels else x.shape[0] == self.rows
+        rows = 2 <= x.shape[0] <= cpu_kernel.MAX_ROWS if self.panels else x.shape[0] == self.rows
         return rows and self.scale == 1.0 and not differentiating and self.source == _state(weight)
 
     def product(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

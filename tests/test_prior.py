@@ -272,6 +272,21 @@ def test_steps_pack_their_weights_and_notice_weights_changed_in_place(packing):
     assert all(new is not old for new, old in zip(repacked, packs, strict=True))
 
 
+@pytest.mark.skipif(cpu_kernel.load() is None or not prior_module._MKL_PACKED, reason="needs the CPU kernel and MKL")
+def test_the_kernel_packs_from_two_rows_to_its_limit_once_for_all_of_them_and_mkl_beyond():
+    weight = torch.randn(48, 40)  # (n_out, n_in)
+    assert prior_module._PackedWeight.of(weight, 1, None) is None  # one row: addmm
+    pack = prior_module._PackedWeight.of(weight, 2, None)
+    again = prior_module._PackedWeight.of(weight, cpu_kernel.MAX_ROWS, pack)
+    assert pack.panels and again.panels and again.packed is pack.packed and again.rows == cpu_kernel.MAX_ROWS
+    x = torch.randn(7, 40)
+    assert pack.applies(x, weight) and not pack.applies(x[:1], weight)
+    assert torch.allclose(pack.product(x, weight, None), x @ weight.t(), atol=1e-5, rtol=0)
+    beyond = prior_module._PackedWeight.of(weight, cpu_kernel.MAX_ROWS + 1, again)
+    assert beyond is not None and not beyond.panels and beyond.rows == cpu_kernel.MAX_ROWS + 1
+    assert not again.applies(torch.randn(cpu_kernel.MAX_ROWS + 1, 40), weight)
+
+
 def test_steps_fold_the_gelu_scale_into_their_mlp_packs_which_the_full_pass_never_reads(packing):
     """The step's MLP packs hold ``1.702 W`` and ``W / 1.702`` (one silu between them); the
     teacher-forced pass, whose flattened rows can equal the packed row count, keeps the weights."""
