@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -58,15 +59,17 @@ def _compiler() -> str | None:
 
 def _build(compiler: str, openmp: str) -> Path:
     """The compiled library in the cache, built once per source, compiler and OpenMP runtime; written
-    to a temporary name and renamed, so that processes starting together never load half a file."""
+    to a temporary name of its own and renamed, so that processes starting together (on several
+    machines sharing the cache too) never load half a file."""
     inputs = [SOURCE.read_bytes(), compiler.encode(), openmp.encode(), *map(str.encode, _FLAGS)]
     digest = hashlib.sha256(b"\0".join(inputs))
     target = cache_dir() / "kernels" / f"cpu_kernel-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}")
-    objects = temporary.with_suffix(".o")
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)  # unique on a shared cache
+    os.close(handle)
+    temporary, objects = Path(name), Path(f"{name}.o")
     try:  # compiled with OpenMP, linked against torch's runtime itself rather than the compiler's
         compile_ = [compiler, *_FLAGS, "-c", str(SOURCE), "-o", str(objects)]
         link = [compiler, "-shared", str(objects), openmp, "-o", str(temporary)]  # torch has it loaded already
