@@ -52,8 +52,12 @@ def _torch_openmp() -> str | None:
     return gomp[0]
 
 
-def _compiler() -> str | None:
-    found = (shutil.which(name) for name in (os.environ.get("CC"), "cc", "gcc", "clang") if name)
+C_COMPILER = ("CC", "cc", "gcc", "clang")  # the variable naming it first, then programs on the PATH
+
+
+def find_compiler(variable: str, *programs: str) -> str | None:
+    """The compiler ``$variable`` names, else the first of ``programs`` on the PATH (None: none)."""
+    found = (shutil.which(name) for name in (os.environ.get(variable), *programs) if name)
     return next((path for path in found if path), None)
 
 
@@ -94,7 +98,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     if platform.machine() not in ("x86_64", "AMD64"):
         return None
-    compiler, openmp = _compiler(), _torch_openmp()
+    compiler, openmp = find_compiler(*C_COMPILER), _torch_openmp()
     if compiler is None or openmp is None:
         return None
     try:
@@ -122,7 +126,7 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 def product(x: torch.Tensor, panels: torch.Tensor, n_out: int, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight + bias`` for x (rows, n_in) float32 on the CPU, the weight as :func:`pack` gave it,
     on as many threads as torch uses in this thread."""
-    library = load()
+    library = _load()  # already loaded, as a pack exists: the cached answer, without the lock
     assert library is not None, "the CPU kernel is not available here"
     if x.stride(-1) != 1:
         x = x.contiguous()

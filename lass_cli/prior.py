@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -163,9 +161,8 @@ class _PackedWeight:
 def _compiler_present(device: torch.device) -> bool:
     """Whether torch.compile's code generator finds its compiler: C++ for CPU kernels, C for the
     launchers of Triton's CUDA kernels ($CXX / $CC first, as both look there)."""
-    names = ("CC", "cc", "gcc", "clang") if device.type == "cuda" else ("CXX", "c++", "g++", "clang++")
-    variable, *programs = names
-    return any(shutil.which(name) for name in (os.environ.get(variable, ""), *programs) if name)
+    names = cpu_kernel.C_COMPILER if device.type == "cuda" else ("CXX", "c++", "g++", "clang++")
+    return cpu_kernel.find_compiler(*names) is not None
 
 
 def _state(weight: torch.Tensor) -> tuple[int, int]:
